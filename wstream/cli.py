@@ -1,0 +1,230 @@
+"""The ``wstream`` command: pack, unpack, info, verify, run, demo.
+
+Each subcommand parses its arguments and calls one library function. Errors that wstream raises
+on purpose print one line, ``wstream <command>: error: <message>``, and exit 1; usage errors exit
+2 (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from wstream import __version__, spec
+from wstream.errors import InputError, WStreamError
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """'512', '64K', '32M', '1G', '1.5GiB' -> bytes (binary multiples)."""
+    m = _SIZE_RE.match(text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G/T)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _progress_bar(total: int, desc: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A tqdm bar on a terminal; nothing when stderr is piped (logs, CI)."""
+    if not sys.stderr.isatty():
+        return (lambda n: None), (lambda: None)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False)
+    return bar.update, bar.close
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from wstream.pack import pack
+    from wstream.sources import open_checkpoint
+
+    total = open_checkpoint(args.src).nbytes
+    update, close = _progress_bar(total, "pack")
+    try:
+        report = pack(
+            args.src,
+            args.output,
+            codec=args.codec,
+            level=args.level,
+            max_chunk=args.max_chunk,
+            threads=args.threads,
+            progress=update,
+        )
+    finally:
+        close()
+    summary = {
+        "output": str(args.output),
+        "tensors": report.tensors,
+        "chunks": report.chunks,
+        "bytes_in": report.bytes_in,
+        "bytes_out": report.bytes_out,
+        "ratio": round(report.ratio, 4),
+        "seconds": round(report.seconds, 3),
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        rate = report.bytes_in / report.seconds / 1e6 if report.seconds else 0.0
+        print(
+            f"packed {report.tensors} tensors into {report.chunks} chunks: "
+            f"{human(report.bytes_in)} -> {human(report.bytes_out)} "
+            f"(ratio {report.ratio:.3f}) in {report.seconds:.2f} s ({rate:.0f} MB/s) -> {args.output}"
+        )
+    return 0
+
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from wstream.unpack import unpack
+
+    n = unpack(args.src, args.output, allow_lossy=args.dequantize)
+    print(f"unpacked {n} tensors -> {args.output}")
+    return 0
+
+
+def info_dict(path: str) -> dict[str, Any]:
+    from wstream.reader import Container
+
+    with Container(path) as c:
+        m = c.manifest
+        return {
+            "path": path,
+            "file_size": c.file_size,
+            "version": c.preamble.version,
+            "writer": m.writer,
+            "lossy": m.lossy,
+            "tensors": len(m.tensors),
+            "raw_nbytes": sum(ch.raw_nbytes for ch in m.chunks),
+            "stored_nbytes": sum(ch.nbytes for ch in m.chunks),
+            "largest_chunk_raw_nbytes": max((ch.raw_nbytes for ch in m.chunks), default=0),
+            "groups": m.groups(),
+            "config": m.config,
+            "metadata": dict(m.metadata),
+            "chunks": [ch.to_json() for ch in m.chunks],
+        }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    d = info_dict(args.src)
+    if args.json:
+        print(json.dumps(d, ensure_ascii=False))
+        return 0
+    chunks = d["chunks"]
+    codecs_used: dict[str, int] = {}
+    for ch in chunks:
+        key = "+".join(s["id"] for s in ch["codec"]) or "raw"
+        codecs_used[key] = codecs_used.get(key, 0) + 1
+    ratio = d["raw_nbytes"] / d["stored_nbytes"] if d["stored_nbytes"] else 1.0
+    stages = list(dict.fromkeys(g.split(".", 1)[0] for g in d["groups"]))
+    print(f"file      {d['path']} ({human(d['file_size'])})")
+    print(f"format    .wst v{d['version']}, written by {d['writer'] or '?'}, "
+          f"{'LOSSY' if d['lossy'] else 'lossless'}")
+    print(f"tensors   {d['tensors']}, {human(d['raw_nbytes'])} decoded, {human(d['stored_nbytes'])} "
+          f"stored (ratio {ratio:.3f})")
+    print(f"chunks    {len(chunks)} ({', '.join(f'{k} {v}' for k, v in codecs_used.items())}); "
+          f"largest {human(d['largest_chunk_raw_nbytes'])} decoded")
+    print(f"groups    {len(d['groups'])} in stages {', '.join(stages)}")
+    if d["config"]:
+        keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "query_num")
+        shown = {k: d["config"][k] for k in keys if k in d["config"]}
+        print(f"config    {json.dumps(shown) if shown else '(present)'}")
+    print()
+    print(f"{'group':<28} {'chunks':>6} {'tensors':>7} {'decoded':>12} {'stored':>12}  codec")
+    by_group: dict[str, list[dict[str, Any]]] = {}
+    for ch in chunks:
+        by_group.setdefault(ch["group"], []).append(ch)
+    for group, members in by_group.items():
+        names = {t["name"] for ch in members for t in ch["tensors"]}
+        codec = "+".join(s["id"] for s in members[0]["codec"]) or "raw"
+        print(f"{group:<28} {len(members):>6} {len(names):>7} "
+              f"{human(sum(c['raw_nbytes'] for c in members)):>12} "
+              f"{human(sum(c['nbytes'] for c in members)):>12}  {codec}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from wstream.reader import Container
+
+    with Container(args.src) as c:
+        c.verify()
+        n = len(c.manifest.chunks)
+    print(f"{args.src}: OK ({n} chunks verified)")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wstream",
+        description="Chunked weight container in execution order, and a streaming loader.",
+    )
+    p.add_argument("--version", action="version", version=f"wstream {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sp = sub.add_parser("pack", help="convert a safetensors checkpoint into a .wst container",
+                        description="Convert a .safetensors file, or a directory of shards with "
+                        "model.safetensors.index.json and config.json, into a .wst container.")
+    sp.add_argument("src", help="a .safetensors file or a checkpoint directory")
+    sp.add_argument("-o", "--output", required=True, help="the .wst file to write")
+    sp.add_argument("--codec", choices=("raw", "zstd"), default="raw",
+                    help="chunk codec (default: raw, zero-copy to read)")
+    sp.add_argument("--level", type=int, default=3, help="zstd level (default: 3)")
+    sp.add_argument("--max-chunk", type=parse_size, default=spec.DEFAULT_MAX_CHUNK,
+                    metavar="SIZE", help="largest decoded chunk, e.g. 32M (default: 32M); "
+                    "bigger tensors are split into row blocks")
+    sp.add_argument("--threads", type=int, default=1, help="zstd compression threads (default: 1)")
+    sp.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sp.set_defaults(func=cmd_pack)
+
+    sp = sub.add_parser("unpack", help="write a .wst container back as one safetensors file")
+    sp.add_argument("src", help="the .wst file")
+    sp.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    sp.add_argument("--dequantize", action="store_true",
+                    help="allow unpacking a lossy container (its values differ from the source)")
+    sp.set_defaults(func=cmd_unpack)
+
+    sp = sub.add_parser("info", help="describe a container (reads the manifest only)")
+    sp.add_argument("src", help="the .wst file")
+    sp.add_argument("--json", action="store_true", help="print everything as one JSON object")
+    sp.set_defaults(func=cmd_info)
+
+    sp = sub.add_parser("verify", help="check every chunk's checksum and decode it")
+    sp.add_argument("src", help="the .wst file")
+    sp.set_defaults(func=cmd_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (WStreamError, OSError) as exc:
+        name = type(exc).__name__
+        msg = exc.strerror + f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"wstream {args.command}: error: {name}: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"wstream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""Parse and build the preamble and the manifest: the only code that interprets untrusted bytes.
+
+:func:`parse_preamble` and :func:`parse_manifest` check every MUST of ``formats/SPEC.md`` that
+concerns metadata (each check raises its own named :class:`~wstream.errors.FormatError`) and
+return frozen values; code past this module never touches raw JSON. Sizes are computed with
+Python integers, which cannot wrap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wstream import errors as E
+from wstream import spec
+from wstream.spec import CodecId, DType
+
+# --- values --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Preamble:
+    version: int
+    manifest_offset: int
+    manifest_nbytes: int
+    manifest_crc32: int
+
+
+@dataclass(frozen=True, slots=True)
+class CodecStep:
+    """One step of a chunk's codec pipeline."""
+
+    id: CodecId
+    level: int | None = None  # zstd: the level used to encode (informational for decoding)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": str(self.id)}
+        if self.level is not None:
+            out["level"] = self.level
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """A tensor, or a block of its rows, inside a chunk's decoded bytes."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]  # shape of the whole tensor
+    offset: int  # byte offset inside the decoded chunk
+    rows: tuple[int, int] | None = None  # [start, stop) of shape[0]; None: the whole tensor
+
+    @property
+    def piece_shape(self) -> tuple[int, ...]:
+        if self.rows is None:
+            return self.shape
+        return (self.rows[1] - self.rows[0], *self.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.piece_shape) * self.dtype.itemsize
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "dtype": str(self.dtype),
+            "shape": list(self.shape),
+            "offset": self.offset,
+        }
+        if self.rows is not None:
+            out["rows"] = list(self.rows)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkEntry:
+    name: str
+    group: str
+    offset: int  # absolute file offset of the stored bytes, a multiple of CHUNK_ALIGNMENT
+    nbytes: int  # stored (encoded) size
+    raw_nbytes: int  # decoded size: bounds every decode of this chunk
+    crc32: int  # CRC-32 (zlib) of the stored bytes
+    codec: tuple[CodecStep, ...]  # empty: stored raw
+    tensors: tuple[TensorEntry, ...]
+
+    @property
+    def stage(self) -> str:
+        return self.group.split(".", 1)[0]
+
+    @property
+    def is_raw(self) -> bool:
+        return not self.codec
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "group": self.group,
+            "offset": self.offset,
+            "nbytes": self.nbytes,
+            "raw_nbytes": self.raw_nbytes,
+            "crc32": self.crc32,
+            "codec": [c.to_json() for c in self.codec],
+            "tensors": [t.to_json() for t in self.tensors],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """A whole tensor and where its pieces are: (chunk index, index in that chunk's tensors)."""
+
+    name: str
+    dtype: DType
+    shape: tuple[int, ...]
+    parts: tuple[tuple[int, int], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    chunks: tuple[ChunkEntry, ...]
+    config: Mapping[str, Any] | None = None  # the source checkpoint's config.json
+    metadata: Mapping[str, str] = field(default_factory=dict)  # free-form; safetensors metadata
+    lossy: bool = False  # True when any stored value differs from the source
+    writer: str = ""
+    # Derived by parse_manifest / build; not serialized.
+    tensors: Mapping[str, TensorInfo] = field(default_factory=dict, compare=False)
+    chunk_index: Mapping[str, int] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "writer": self.writer,
+            "lossy": self.lossy,
+            "config": self.config,
+            "metadata": dict(self.metadata),
+            "chunks": [c.to_json() for c in self.chunks],
+        }
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def groups(self) -> list[str]:
+        """Group names in file order."""
+        seen: dict[str, None] = {}
+        for c in self.chunks:
+            seen.setdefault(c.group, None)
+        return list(seen)
+
+
+# --- preamble ------------------------------------------------------------------------------------
+
+
+def pack_preamble(manifest_offset: int, manifest_nbytes: int, manifest_crc32: int) -> bytes:
+    body = spec.PREAMBLE.pack(
+        spec.MAGIC, spec.VERSION, 0, manifest_offset, manifest_nbytes, manifest_crc32, bytes(24), 0
+    )
+    crc = zlib.crc32(body[: spec.PREAMBLE_CRC_SPAN])
+    return body[: spec.PREAMBLE_CRC_SPAN] + crc.to_bytes(4, "little")
+
+
+def parse_preamble(data: bytes, file_size: int) -> Preamble:
+    """Check the 64-byte preamble against the file's size."""
+    if file_size < spec.PREAMBLE_NBYTES or len(data) < spec.PREAMBLE_NBYTES:
+        raise E.TruncatedFile(
+            f"file size: {file_size} bytes is shorter than the {spec.PREAMBLE_NBYTES}-byte preamble"
+        )
+    magic, version, flags, m_off, m_len, m_crc, reserved, p_crc = spec.PREAMBLE.unpack(
+        data[: spec.PREAMBLE_NBYTES]
+    )
+    if magic != spec.MAGIC:
+        raise E.BadMagic(f"magic: {magic!r} is not {spec.MAGIC!r}; not a .wst file")
+    if version != spec.VERSION:
+        raise E.UnsupportedVersion(f"version: {version} is not supported (this reader: {spec.VERSION})")
+    actual = zlib.crc32(data[: spec.PREAMBLE_CRC_SPAN])
+    if actual != p_crc:
+        raise E.PreambleChecksumMismatch(
+            f"preamble_crc32: stored {p_crc:#010x}, computed {actual:#010x}"
+        )
+    if flags != 0:
+        raise E.ReservedNotZero(f"flags: {flags:#x} must be 0 in version {spec.VERSION}")
+    if reserved != bytes(24):
+        raise E.ReservedNotZero("reserved: preamble bytes 36..60 must be zero")
+    if m_len > spec.MAX_MANIFEST_NBYTES:
+        raise E.ManifestTooLarge(
+            f"manifest_nbytes: {m_len} exceeds the limit of {spec.MAX_MANIFEST_NBYTES}"
+        )
+    if m_off < spec.DATA_START:
+        raise E.OutOfBounds(f"manifest_offset: {m_off} is below the data start {spec.DATA_START}")
+    end = m_off + m_len
+    if end > file_size:
+        raise E.TruncatedFile(
+            f"manifest: ends at byte {end} but the file has {file_size} bytes (truncated?)"
+        )
+    if end < file_size:
+        raise E.TrailingBytes(f"manifest: ends at byte {end} but the file has {file_size} bytes")
+    return Preamble(version, m_off, m_len, m_crc)
+
+
+# --- manifest ------------------------------------------------------------------------------------
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise E.ManifestSyntaxError(f"manifest: duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise E.ManifestSyntaxError(f"manifest: {name} is not allowed (strict JSON only)")
+
+
+def _check_depth(doc: Any) -> None:
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > spec.MAX_JSON_DEPTH:
+            raise E.LimitExceeded(f"manifest: nesting depth exceeds {spec.MAX_JSON_DEPTH}")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _decode_json(data: bytes) -> Any:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise E.ManifestSyntaxError(f"manifest: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        doc = json.loads(
+            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
+        )
+    except RecursionError:
+        raise E.LimitExceeded(f"manifest: nesting depth exceeds {spec.MAX_JSON_DEPTH}") from None
+    except ValueError as exc:  # JSONDecodeError, and int() of an over-long digit string
+        if isinstance(exc, E.WStreamError):
+            raise
+        raise E.ManifestSyntaxError(f"manifest: invalid JSON ({exc})") from None
+    _check_depth(doc)
+    return doc
+
+
+def _obj(value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise E.ManifestSchemaError(f"{where}: expected an object, got {type(value).__name__}")
+    keys = set(value)
+    missing = required - keys
+    if missing:
+        raise E.ManifestSchemaError(f"{where}: missing field(s) {sorted(missing)}")
+    unknown = keys - required - optional
+    if unknown:
+        raise E.ManifestSchemaError(f"{where}: unknown field(s) {sorted(unknown)}")
+    return value
+
+
+def _int(value: Any, where: str, lo: int, hi: int) -> int:
+    if type(value) is not int:  # bool is an int subclass; floats are not sizes
+        raise E.ManifestSchemaError(f"{where}: expected an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise E.LimitExceeded(f"{where}: {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def _name(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise E.ManifestSchemaError(f"{where}: expected a string, got {type(value).__name__}")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise E.ManifestSchemaError(f"{where}: {value!r} contains an unpaired surrogate") from None
+    if not 1 <= size <= spec.MAX_NAME_BYTES:
+        raise E.LimitExceeded(f"{where}: name of {size} bytes is outside [1, {spec.MAX_NAME_BYTES}]")
+    return value
+
+
+def _codec(value: Any, where: str) -> tuple[CodecStep, ...]:
+    if not isinstance(value, list):
+        raise E.ManifestSchemaError(f"{where}: expected a list, got {type(value).__name__}")
+    if len(value) > 1:
+        raise E.LimitExceeded(f"{where}: {len(value)} steps; version 1 allows at most 1")
+    steps = []
+    for i, raw in enumerate(value):
+        w = f"{where}[{i}]"
+        if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+            raise E.ManifestSchemaError(f"{w}: expected an object with a string 'id'")
+        try:
+            cid = CodecId(raw["id"])
+        except ValueError:
+            raise E.UnknownCodec(f"{w}.id: {raw['id']!r} is not a known codec") from None
+        step = _obj(raw, w, {"id", "level"})
+        level = _int(step["level"], f"{w}.level", spec.MIN_ZSTD_LEVEL, spec.MAX_ZSTD_LEVEL)
+        steps.append(CodecStep(cid, level))
+    return tuple(steps)
+
+
+def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
+    t = _obj(value, where, {"name", "dtype", "shape", "offset"}, frozenset({"rows"}))
+    name = _name(t["name"], f"{where}.name")
+    if not isinstance(t["dtype"], str):
+        raise E.ManifestSchemaError(f"{where}.dtype: expected a string, got {t['dtype']!r}")
+    try:
+        dtype = DType(t["dtype"])
+    except ValueError:
+        raise E.UnknownDType(f"{where}.dtype: {t['dtype']!r} is not a known dtype") from None
+    shape_raw = t["shape"]
+    if not isinstance(shape_raw, list):
+        raise E.ManifestSchemaError(f"{where}.shape: expected a list, got {shape_raw!r}")
+    if len(shape_raw) > spec.MAX_NDIM:
+        raise E.LimitExceeded(f"{where}.shape: {len(shape_raw)} dims exceed {spec.MAX_NDIM}")
+    shape = tuple(_int(d, f"{where}.shape[{i}]", 0, spec.MAX_TENSOR_NBYTES) for i, d in enumerate(shape_raw))
+    total = math.prod(shape) * dtype.itemsize
+    if total > spec.MAX_TENSOR_NBYTES:
+        raise E.LimitExceeded(f"{where}.shape: {total} bytes exceed {spec.MAX_TENSOR_NBYTES}")
+    offset = _int(t["offset"], f"{where}.offset", 0, spec.MAX_CHUNK_RAW_NBYTES)
+    if offset % spec.TENSOR_ALIGNMENT:
+        raise E.MisalignedOffset(
+            f"{where}.offset: {offset} is not a multiple of {spec.TENSOR_ALIGNMENT}"
+        )
+    rows: tuple[int, int] | None = None
+    if "rows" in t:
+        r = t["rows"]
+        if not isinstance(r, list) or len(r) != 2:
+            raise E.ManifestSchemaError(f"{where}.rows: expected [start, stop], got {r!r}")
+        if not shape:
+            raise E.TensorLayoutError(f"{where}.rows: a 0-d tensor cannot be split into rows")
+        start = _int(r[0], f"{where}.rows[0]", 0, shape[0])
+        stop = _int(r[1], f"{where}.rows[1]", 0, shape[0])
+        if start >= stop:
+            raise E.TensorLayoutError(f"{where}.rows: [{start}, {stop}) is empty or reversed")
+        rows = (start, stop)
+    entry = TensorEntry(name, dtype, shape, offset, rows)
+    if offset + entry.nbytes > raw_nbytes:
+        raise E.OutOfBounds(
+            f"{where}: bytes [{offset}, {offset + entry.nbytes}) exceed raw_nbytes {raw_nbytes}"
+        )
+    return entry
+
+
+def _check_pieces_disjoint(tensors: tuple[TensorEntry, ...], where: str) -> None:
+    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors if t.nbytes)
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
+        if start_b < end_a:
+            raise E.OverlappingRegions(f"{where}: tensors {name_a!r} and {name_b!r} overlap")
+
+
+def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
+    c = _obj(value, where, {"name", "group", "offset", "nbytes", "raw_nbytes", "crc32", "codec", "tensors"})
+    name = _name(c["name"], f"{where}.name")
+    group = _name(c["group"], f"{where}.group")
+    offset = _int(c["offset"], f"{where}.offset", spec.DATA_START, data_end)
+    if offset % spec.CHUNK_ALIGNMENT:
+        raise E.MisalignedOffset(f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}")
+    nbytes = _int(c["nbytes"], f"{where}.nbytes", 0, data_end)
+    if offset + nbytes > data_end:
+        raise E.OutOfBounds(
+            f"{where}: bytes [{offset}, {offset + nbytes}) run past the chunk data area, "
+            f"which ends at {data_end}"
+        )
+    raw_nbytes = _int(c["raw_nbytes"], f"{where}.raw_nbytes", 0, spec.MAX_CHUNK_RAW_NBYTES)
+    crc = _int(c["crc32"], f"{where}.crc32", 0, 0xFFFFFFFF)
+    codec = _codec(c["codec"], f"{where}.codec")
+    if not codec and nbytes != raw_nbytes:
+        raise E.DecodedSizeMismatch(
+            f"{where}: raw chunk stores {nbytes} bytes but declares raw_nbytes {raw_nbytes}"
+        )
+    if not isinstance(c["tensors"], list):
+        raise E.ManifestSchemaError(f"{where}.tensors: expected a list")
+    if len(c["tensors"]) > spec.MAX_PIECES_PER_CHUNK:
+        raise E.LimitExceeded(
+            f"{where}.tensors: {len(c['tensors'])} entries exceed {spec.MAX_PIECES_PER_CHUNK}"
+        )
+    tensors = tuple(_tensor(t, f"{where}.tensors[{i}]", raw_nbytes) for i, t in enumerate(c["tensors"]))
+    _check_pieces_disjoint(tensors, f"{where}.tensors")
+    return ChunkEntry(name, group, offset, nbytes, raw_nbytes, crc, codec, tensors)
+
+
+def index_tensors(chunks: tuple[ChunkEntry, ...]) -> dict[str, TensorInfo]:
+    """Collect each tensor's pieces and check they tile it exactly, in file order."""
+    parts: dict[str, list[tuple[int, int]]] = {}
+    for ci, chunk in enumerate(chunks):
+        for ti, t in enumerate(chunk.tensors):
+            parts.setdefault(t.name, []).append((ci, ti))
+    out: dict[str, TensorInfo] = {}
+    for name, where in parts.items():
+        entries = [chunks[ci].tensors[ti] for ci, ti in where]
+        first = entries[0]
+        for e in entries[1:]:
+            if (e.dtype, e.shape) != (first.dtype, first.shape):
+                raise E.TensorLayoutError(
+                    f"tensor {name!r}: blocks disagree on dtype/shape "
+                    f"({first.dtype}{list(first.shape)} vs {e.dtype}{list(e.shape)})"
+                )
+        if first.rows is None:
+            if len(entries) > 1:
+                raise E.DuplicateName(f"tensor {name!r}: declared {len(entries)} times")
+        else:
+            expect = 0
+            for e in entries:
+                if e.rows is None:
+                    raise E.DuplicateName(f"tensor {name!r}: declared whole and in row blocks")
+                if e.rows[0] != expect:
+                    raise E.TensorLayoutError(
+                        f"tensor {name!r}: row block {list(e.rows)} should start at row {expect}"
+                    )
+                expect = e.rows[1]
+            if expect != first.shape[0]:
+                raise E.TensorLayoutError(
+                    f"tensor {name!r}: row blocks cover rows [0, {expect}) of {first.shape[0]}"
+                )
+        out[name] = TensorInfo(name, first.dtype, first.shape, tuple(where))
+    return out
+
+
+def build_manifest(
+    chunks: tuple[ChunkEntry, ...],
+    *,
+    config: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
+    lossy: bool = False,
+    writer: str = "",
+) -> Manifest:
+    """Assemble a Manifest from trusted values (the writer's side), with its indexes."""
+    return Manifest(
+        chunks=chunks,
+        config=config,
+        metadata=dict(metadata or {}),
+        lossy=lossy,
+        writer=writer,
+        tensors=index_tensors(chunks),
+        chunk_index={c.name: i for i, c in enumerate(chunks)},
+    )
+
+
+def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
+    """Validate manifest bytes; chunks must lie in [DATA_START, data_end)."""
+    doc = _obj(_decode_json(data), "manifest", {"writer", "lossy", "config", "metadata", "chunks"})
+    if not isinstance(doc["writer"], str) or len(doc["writer"]) > 256:
+        raise E.ManifestSchemaError(f"writer: expected a string of at most 256 characters")
+    if not isinstance(doc["lossy"], bool):
+        raise E.ManifestSchemaError(f"lossy: expected true or false, got {doc['lossy']!r}")
+    config = doc["config"]
+    if config is not None and not isinstance(config, dict):
+        raise E.ManifestSchemaError(f"config: expected an object or null, got {type(config).__name__}")
+    metadata = doc["metadata"]
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise E.ManifestSchemaError("metadata: expected an object of string values")
+    if len(metadata) > spec.MAX_METADATA_ENTRIES:
+        raise E.LimitExceeded(f"metadata: {len(metadata)} entries exceed {spec.MAX_METADATA_ENTRIES}")
+    raw_chunks = doc["chunks"]
+    if not isinstance(raw_chunks, list):
+        raise E.ManifestSchemaError("chunks: expected a list")
+    if len(raw_chunks) > spec.MAX_CHUNKS:
+        raise E.LimitExceeded(f"chunks: {len(raw_chunks)} entries exceed {spec.MAX_CHUNKS}")
+
+    chunks: list[ChunkEntry] = []
+    names: set[str] = set()
+    closed_groups: set[str] = set()
+    end = spec.DATA_START
+    for i, raw in enumerate(raw_chunks):
+        chunk = _chunk(raw, f"chunks[{i}]", data_end)
+        if chunk.name in names:
+            raise E.DuplicateName(f"chunks[{i}].name: {chunk.name!r} is used twice")
+        if chunk.offset < end:
+            raise E.OverlappingRegions(
+                f"chunks[{i}].offset: {chunk.offset} is before the end of the previous chunk ({end})"
+            )
+        if chunks and chunk.group != chunks[-1].group:
+            closed_groups.add(chunks[-1].group)
+        if chunk.group in closed_groups:
+            raise E.GroupLayoutError(f"chunks[{i}].group: {chunk.group!r} is not contiguous")
+        names.add(chunk.name)
+        end = chunk.offset + chunk.nbytes
+        chunks.append(chunk)
+    return build_manifest(
+        tuple(chunks), config=config, metadata=metadata, lossy=doc["lossy"], writer=doc["writer"]
+    )

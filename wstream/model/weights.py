@@ -1,0 +1,190 @@
+"""How the forward pass receives weights: a stream of chunks, read through one cursor per group.
+
+The forward knows nothing of files, pools or threads. It sees a :class:`WeightSource` that can
+(1) describe which chunks hold which rows of which tensor, and (2) hand chunks over in an order
+the forward chooses, each already widened to float32 and valid until it is released. The
+streaming loader and the eager (everything in RAM) path both implement it, so the forward cannot
+tell them apart and their logits are bit-identical.
+
+Inside a group the forward reads tensors through :class:`GroupCursor`, which walks the chunks
+strictly forward: asking for a tensor that lies behind the cursor is an :class:`OrderError`, so a
+forward that runs at all consumed its weights in file order. A chunk is released as soon as the
+cursor moves past it; arrays obtained from it must not be used afterwards (the loader may reuse
+its slab, and tests poison released slabs to prove the forward never does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from wstream.errors import WStreamError
+
+
+class OrderError(WStreamError, RuntimeError):
+    """The forward asked for a tensor that is not next in the chunk stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One tensor, or one row block of it, inside a chunk."""
+
+    name: str  # full tensor name, e.g. "llm.model.layers.3.mlp.up_proj.weight"
+    rows: tuple[int, int] | None  # [start, stop) rows of the whole tensor; None: the whole tensor
+    shape: tuple[int, ...]  # shape of the whole tensor
+
+
+class LoadedChunk(Protocol):
+    """A chunk in hand: its pieces as float32 arrays, valid until release()."""
+
+    name: str
+    group: str
+
+    def arrays(self) -> Sequence[np.ndarray]: ...  # one per piece, in piece order
+
+    def release(self) -> None: ...
+
+
+class WeightSource(Protocol):
+    """What the forward needs from a container (or from RAM)."""
+
+    @property
+    def config(self) -> Mapping[str, Any]: ...  # the checkpoint's config.json
+
+    @property
+    def tensor_names(self) -> Sequence[str]: ...
+
+    def chunks_of(self, group: str) -> Sequence[str]: ...  # chunk names of a group, file order
+
+    def pieces_of(self, chunk: str) -> Sequence[Piece]: ...
+
+    def stream(self, chunks: Sequence[str]) -> Iterator[LoadedChunk]: ...
+
+
+class GroupCursor:
+    """Reads one group's tensors, in file order, from a shared chunk iterator.
+
+    ``chunks`` yields this group's chunks (possibly a subset, see :func:`walk`); the cursor pulls
+    from it only when the tensor asked for is not in the chunk it holds.
+    """
+
+    def __init__(
+        self, source: WeightSource, group: str, prefix: str, chunks: Iterator[LoadedChunk]
+    ) -> None:
+        self.group = group
+        self.prefix = prefix
+        self._source = source
+        self._chunks = chunks
+        self._held: LoadedChunk | None = None
+        self._pieces: Sequence[Piece] = ()
+        self._arrays: Sequence[np.ndarray] = ()
+        self._pos = 0  # next unread piece in the held chunk
+
+    def _advance(self) -> bool:
+        self.close()
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            return False
+        if chunk.group != self.group:
+            chunk.release()
+            raise OrderError(f"group {self.group!r}: received chunk {chunk.name!r} of {chunk.group!r}")
+        self._held = chunk
+        self._pieces = self._source.pieces_of(chunk.name)
+        self._arrays = chunk.arrays()
+        self._pos = 0
+        return True
+
+    def _take(self, name: str) -> tuple[Piece, np.ndarray]:
+        """The next piece of ``name`` at or after the cursor, moving the cursor past it."""
+        while True:
+            for i in range(self._pos, len(self._pieces)):
+                if self._pieces[i].name == name:
+                    self._pos = i + 1
+                    return self._pieces[i], self._arrays[i]
+            if not self._advance():
+                raise OrderError(
+                    f"group {self.group!r}: tensor {name!r} is not ahead of the cursor "
+                    "(asked for out of file order, or absent)"
+                )
+
+    def tensor(self, local: str) -> np.ndarray:
+        """A whole tensor as float32. [*shape]"""
+        piece, array = self._take(self.prefix + local)
+        if piece.rows is not None and piece.rows != (0, piece.shape[0]):
+            raise OrderError(
+                f"tensor {piece.name!r} is stored in row blocks; read it with blocks()"
+            )
+        return array
+
+    def blocks(self, *locals_: str) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+        """Row blocks of tensors split together: yields (start, stop, (array, ...)).
+
+        All named tensors must share their row count; blocks arrive in row order and cover every
+        row exactly once. The arrays of one block are valid until the next block is requested.
+        """
+        names = [self.prefix + n for n in locals_]
+        done = 0
+        while True:
+            taken = [self._take(n) for n in names]
+            first = taken[0][0]
+            total = first.shape[0] if first.shape else 1
+            start, stop = first.rows if first.rows is not None else (0, total)
+            for piece, _ in taken[1:]:
+                rows = piece.rows if piece.rows is not None else (0, piece.shape[0])
+                if rows != (start, stop):
+                    raise OrderError(
+                        f"{piece.name!r} rows {rows} do not match {first.name!r} rows "
+                        f"{(start, stop)}: they must be split together"
+                    )
+            if start != done:
+                raise OrderError(f"{first.name!r}: block starts at row {start}, expected {done}")
+            yield start, stop, tuple(a for _, a in taken)
+            done = stop
+            if done >= total:
+                return
+
+    def close(self) -> None:
+        """Release the chunk held, if any."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._pieces, self._arrays = (), ()
+            held.release()
+
+
+def walk(
+    source: WeightSource, groups: Sequence[tuple[str, str, Sequence[str] | None]]
+) -> Iterator[GroupCursor]:
+    """Stream several groups in one go, so prefetching runs across group boundaries.
+
+    ``groups`` lists (group name, prefix, chunk subset or None for all of the group's chunks).
+    Each cursor is closed (its last chunk released) when the next one is produced or when the
+    walk ends, even on error.
+    """
+    plan = [(g, p, list(source.chunks_of(g)) if c is None else list(c)) for g, p, c in groups]
+    stream = source.stream([c for _, _, cs in plan for c in cs])
+    cursor: GroupCursor | None = None
+    try:
+        for group, prefix, chunk_names in plan:
+            cursor = GroupCursor(source, group, prefix, _take_n(stream, len(chunk_names)))
+            yield cursor
+            # Drain the rest of the group so the shared stream stays aligned with the plan.
+            while cursor._advance():
+                pass
+            cursor.close()
+    finally:
+        if cursor is not None:
+            cursor.close()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def _take_n(it: Iterator[LoadedChunk], n: int) -> Iterator[LoadedChunk]:
+    for _ in range(n):
+        chunk = next(it, None)
+        if chunk is None:
+            return
+        yield chunk

@@ -1,0 +1,105 @@
+"""Constants of the .wst v1 format, named as in ``formats/SPEC.md``.
+
+Change a value here only together with the spec (and, for a structural change, ``VERSION``).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import ml_dtypes
+import numpy as np
+
+MAGIC = b"\x89WST\r\n\x1a\n"  # PNG-style: high bit, CRLF and ^Z catch text-mode mangling
+VERSION = 1
+
+# Preamble: little-endian, 64 bytes, at offset 0.
+#   magic[8] version:u32 flags:u32 manifest_offset:u64 manifest_nbytes:u64 manifest_crc32:u32
+#   reserved[24] preamble_crc32:u32 (CRC-32 of bytes 0..60)
+PREAMBLE = struct.Struct("<8sIIQQI24sI")
+PREAMBLE_NBYTES = 64
+assert PREAMBLE.size == PREAMBLE_NBYTES
+PREAMBLE_CRC_SPAN = 60  # the preamble CRC covers bytes [0, 60)
+
+CHUNK_ALIGNMENT = 4096  # every chunk payload starts on this boundary (mmap, O_DIRECT, madvise)
+TENSOR_ALIGNMENT = 64  # every tensor starts on this boundary inside a decoded chunk
+DATA_START = CHUNK_ALIGNMENT  # the first byte a chunk may occupy
+
+# Limits. A reader MUST reject a file exceeding any of them before allocating for it.
+MAX_MANIFEST_NBYTES = 64 * 1024 * 1024
+MAX_CHUNKS = 1 << 20
+MAX_PIECES_PER_CHUNK = 1 << 16
+MAX_NAME_BYTES = 1024  # UTF-8 bytes of a tensor, group or chunk name
+MAX_NDIM = 8
+MAX_CHUNK_RAW_NBYTES = 1 << 30  # decoded size of one chunk: bounds every slab and every decode
+MAX_TENSOR_NBYTES = 1 << 48
+MAX_JSON_DEPTH = 64  # nesting of the manifest JSON (config and metadata included)
+MAX_METADATA_ENTRIES = 4096
+MAX_ZSTD_LEVEL = 22
+MIN_ZSTD_LEVEL = -131072  # zstd's fastest negative level
+
+DEFAULT_MAX_CHUNK = 32 * 1024 * 1024  # pack's default bound on a chunk's decoded size
+MIN_MAX_CHUNK = 64 * 1024
+
+
+class DType(enum.StrEnum):
+    """Tensor element types; the on-disk ids are the strings safetensors uses."""
+
+    BOOL = "BOOL"
+    U8 = "U8"
+    I8 = "I8"
+    F8_E4M3 = "F8_E4M3"
+    F8_E5M2 = "F8_E5M2"
+    U16 = "U16"
+    I16 = "I16"
+    F16 = "F16"
+    BF16 = "BF16"
+    U32 = "U32"
+    I32 = "I32"
+    F32 = "F32"
+    U64 = "U64"
+    I64 = "I64"
+    F64 = "F64"
+
+    @property
+    def itemsize(self) -> int:
+        return _NUMPY[self].itemsize
+
+    @property
+    def numpy(self) -> np.dtype:
+        """The numpy dtype of this element type (ml_dtypes supplies bf16 and the float8s)."""
+        return _NUMPY[self]
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype) -> DType:
+        try:
+            return _FROM_NUMPY[np.dtype(dtype)]
+        except KeyError:
+            raise ValueError(f"dtype {dtype} has no .wst element type") from None
+
+
+_NUMPY: dict[DType, np.dtype] = {
+    DType.BOOL: np.dtype(np.bool_),
+    DType.U8: np.dtype("<u1"),
+    DType.I8: np.dtype("<i1"),
+    DType.F8_E4M3: np.dtype(ml_dtypes.float8_e4m3fn),
+    DType.F8_E5M2: np.dtype(ml_dtypes.float8_e5m2),
+    DType.U16: np.dtype("<u2"),
+    DType.I16: np.dtype("<i2"),
+    DType.F16: np.dtype("<f2"),
+    DType.BF16: np.dtype(ml_dtypes.bfloat16),
+    DType.U32: np.dtype("<u4"),
+    DType.I32: np.dtype("<i4"),
+    DType.F32: np.dtype("<f4"),
+    DType.U64: np.dtype("<u8"),
+    DType.I64: np.dtype("<i8"),
+    DType.F64: np.dtype("<f8"),
+}
+_FROM_NUMPY: dict[np.dtype, DType] = {v: k for k, v in _NUMPY.items()}
+
+
+class CodecId(enum.StrEnum):
+    """Codec step ids of a chunk's pipeline (applied in list order when encoding)."""
+
+    ZSTD = "zstd"

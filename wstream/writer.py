@@ -1,0 +1,151 @@
+"""Write a .wst container: chunks in the order given, then the manifest, then the preamble.
+
+:class:`ContainerWriter` is a small state machine (OPEN -> CLOSED, or OPEN -> ABORTED). It writes
+into a temporary file beside the target and renames it into place only after the manifest has
+been written, checked by the same parser readers use, and fsync'ed. An interrupted write (an
+exception, Ctrl-C, a crash) therefore never leaves a file at the target path, and an existing
+file there stays untouched until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from wstream import __version__, spec
+from wstream import errors as E
+from wstream.atomic import AtomicFile
+from wstream.manifest import (
+    ChunkEntry,
+    CodecStep,
+    Manifest,
+    TensorEntry,
+    build_manifest,
+    pack_preamble,
+    parse_manifest,
+    parse_preamble,
+)
+
+Buffer = bytes | bytearray | memoryview
+
+
+class WriterState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+    ABORTED = "aborted"
+
+
+def align_up(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+class ContainerWriter:
+    """Append chunks, then close() to publish the file atomically.
+
+    >>> with ContainerWriter("model.wst") as w:             # doctest: +SKIP
+    ...     w.add_chunk("llm.head", "llm.head", entries, payload, raw_nbytes=len(payload))
+    ...     w.close(config={"model_type": "minicpmv"})
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.state = WriterState.OPEN
+        self._chunks: list[ChunkEntry] = []
+        self._names: set[str] = set()
+        self._file = AtomicFile(self.path)
+        self._end = spec.DATA_START  # next free byte; the preamble is written last
+        self._file.pwrite_all(bytes(spec.DATA_START), 0)
+
+    def _guard(self, action: str) -> AtomicFile:
+        if self.state is not WriterState.OPEN:
+            raise E.WStreamError(f"cannot {action}: writer is {self.state.value}")
+        return self._file
+
+    def add_chunk(
+        self,
+        name: str,
+        group: str,
+        tensors: Sequence[TensorEntry],
+        stored: Buffer,
+        *,
+        raw_nbytes: int,
+        codec: tuple[CodecStep, ...] = (),
+        crc32: int | None = None,
+    ) -> ChunkEntry:
+        """Write one chunk's stored bytes at the next aligned offset and record it."""
+        file = self._guard("add a chunk")
+        if name in self._names:
+            raise E.DuplicateName(f"chunk name {name!r} is used twice")
+        offset = align_up(self._end, spec.CHUNK_ALIGNMENT)
+        nbytes = memoryview(stored).nbytes
+        if crc32 is None:
+            crc32 = zlib.crc32(stored)
+        file.pwrite_all(stored, offset)
+        entry = ChunkEntry(name, group, offset, nbytes, raw_nbytes, crc32, codec, tuple(tensors))
+        self._chunks.append(entry)
+        self._names.add(name)
+        self._end = offset + nbytes
+        return entry
+
+    @property
+    def chunks(self) -> tuple[ChunkEntry, ...]:
+        return tuple(self._chunks)
+
+    def close(
+        self,
+        *,
+        config: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, str] | None = None,
+        lossy: bool = False,
+    ) -> Manifest:
+        """Write the manifest and preamble, verify them, fsync, and rename into place."""
+        file = self._guard("close")
+        try:
+            manifest = build_manifest(
+                tuple(self._chunks),
+                config=config,
+                metadata=metadata,
+                lossy=lossy,
+                writer=f"wstream {__version__}",
+            )
+            body = manifest.to_json()
+            if len(body) > spec.MAX_MANIFEST_NBYTES:
+                raise E.ManifestTooLarge(
+                    f"manifest: {len(body)} bytes exceed the limit of {spec.MAX_MANIFEST_NBYTES}"
+                )
+            m_off = self._end
+            file.pwrite_all(body, m_off)
+            os.ftruncate(file.fd, m_off + len(body))
+            preamble = pack_preamble(m_off, len(body), zlib.crc32(body))
+            file.pwrite_all(preamble, 0)
+            # Read our own output back through the reader's parser: a writer bug must never
+            # publish a file that readers reject.
+            parse_preamble(preamble, m_off + len(body))
+            checked = parse_manifest(body, data_end=m_off)
+            file.commit()
+        except BaseException:
+            self.abort()
+            raise
+        self.state = WriterState.CLOSED
+        return checked
+
+    def abort(self) -> None:
+        """Discard the temporary file; the target path is left as it was."""
+        if self.state is not WriterState.OPEN:
+            return
+        self.state = WriterState.ABORTED
+        self._file.discard()
+
+    def __enter__(self) -> ContainerWriter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Leaving the block without close() (an error, or a forgotten call) publishes nothing.
+        self.abort()
