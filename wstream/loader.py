@@ -1,20 +1,30 @@
 """Weight sources for the forward pass: eager (everything decoded in RAM) and streaming.
 
 Both implement :class:`wstream.model.weights.WeightSource`: they describe the container's chunks
-and hand chunks over as float32 arrays in the order asked for. Eager decodes and widens every
-chunk once at construction, the load-everything baseline; streaming (below) keeps only a window
-of chunks in pooled slabs.
+and hand chunks over as float32 arrays in the order asked for, so the forward cannot tell them
+apart. :class:`EagerWeights` decodes and widens every chunk once, up front: the load-everything
+baseline. :class:`StreamingLoader` keeps only a window of chunks in pooled slabs under a hard
+byte budget, prefetching ahead of the consumer on worker threads.
+
+The decode loop walks the LLM layers once per token. With a budget larger than the streaming
+window, the loader keeps a *fixed* subset of those chunks resident and streams the rest on every
+pass. On a cyclic walk that is optimal: any policy that evicts (LRU evicts exactly the chunk
+needed soonest) re-reads at least as many bytes per pass as the budget leaves out. The subset is
+chosen greedily in walk order until the resident share of the budget is full, which maximises
+resident bytes up to the size of one chunk; the bytes still streamed per pass are reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from wstream.manifest import ChunkEntry
 from wstream.model.weights import Piece
+from wstream.pool import SlabPool
+from wstream.prefetch import ChunkStream, Plan, Resident, StreamChunk, StreamStats, plan_chunk
 from wstream.reader import Container, piece_views
 
 
@@ -23,26 +33,6 @@ def widen(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
         return array.astype(np.float32)
     return array
-
-
-@dataclass
-class HeldChunk:
-    """A chunk handed to the forward: its piece arrays, valid until release()."""
-
-    name: str
-    group: str
-    _arrays: Sequence[np.ndarray]
-    _on_release: Any = None
-    released: bool = field(default=False, init=False)
-
-    def arrays(self) -> Sequence[np.ndarray]:
-        return self._arrays
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            if self._on_release is not None:
-                self._on_release()
 
 
 class ContainerIndex:
@@ -57,6 +47,7 @@ class ContainerIndex:
         self._by_group: dict[str, list[str]] = {}
         for c in m.chunks:
             self._by_group.setdefault(c.group, []).append(c.name)
+        self.chunk_log: list[str] = []  # every chunk handed out, in order (tests read it)
 
     @property
     def config(self) -> Mapping[str, Any]:
@@ -72,6 +63,10 @@ class ContainerIndex:
     def pieces_of(self, chunk: str) -> Sequence[Piece]:
         return self._pieces[chunk]
 
+    def entry(self, chunk: str) -> ChunkEntry:
+        m = self.container.manifest
+        return m.chunks[m.chunk_index[chunk]]
+
 
 class EagerWeights(ContainerIndex):
     """Every chunk decoded and widened to float32 up front: the load-everything baseline."""
@@ -82,10 +77,152 @@ class EagerWeights(ContainerIndex):
         for chunk in container.manifest.chunks:
             data = container.decode(chunk, verify=verify)
             self._arrays[chunk.name] = [widen(a) for a in piece_views(chunk, data)]
-        self.chunk_log: list[str] = []  # every chunk handed out, in order (tests read it)
+        self.stats = StreamStats(
+            bytes_read=sum(c.nbytes for c in container.manifest.chunks),
+            bytes_decoded=sum(c.raw_nbytes for c in container.manifest.chunks if not c.is_raw),
+        )
 
-    def stream(self, chunks: Sequence[str]) -> Iterator[HeldChunk]:
-        m = self.container.manifest
+    def stream(self, chunks: Sequence[str], *, repeat: bool = False) -> Iterator[StreamChunk]:
         for name in chunks:
             self.chunk_log.append(name)
-            yield HeldChunk(name, m.chunks[m.chunk_index[name]].group, self._arrays[name])
+            entry = self.entry(name)
+            names = tuple(t.name for t in entry.tensors)
+            self.stats.chunks += 1
+            yield StreamChunk(name, entry.group, names, self._arrays[name], None)
+
+    def close(self) -> None:
+        self._arrays.clear()
+
+
+class StreamingLoader(ContainerIndex):
+    """Stream a container's chunks into pooled slabs under a hard byte budget.
+
+    >>> with StreamingLoader(open_container("m.wst"), budget=1 << 30, prefetch=2) as w:
+    ...     for chunk in w.stream(w.chunks_of("llm.layer.0")):      # doctest: +SKIP
+    ...         with chunk: use(chunk.arrays())
+
+    ``budget`` bounds every byte the loader holds (slabs, idle or leased, and mapped pages of
+    chunks in use); None keeps every chunk once loaded. ``widen`` hands float32 arrays to the
+    consumer (the forward pass); without it, chunks arrive in their stored dtype and raw ones
+    zero-copy. ``verify`` checks each chunk's CRC-32 as it is read.
+    """
+
+    def __init__(
+        self,
+        container: Container,
+        *,
+        budget: int | None = None,
+        prefetch: int = 2,
+        workers: int = 2,
+        widen: bool = True,
+        verify: bool = True,
+        timeout: float = 60.0,
+        poison: bool = False,
+        stored: Callable[[ChunkEntry], memoryview] | None = None,
+    ) -> None:
+        super().__init__(container)
+        if prefetch < 0:
+            raise ValueError(f"prefetch: {prefetch} must be >= 0")
+        self.budget = budget
+        self.prefetch = prefetch
+        self.workers = workers
+        self.widen = widen
+        self.verify = verify
+        self.pool = SlabPool(budget, timeout=timeout, poison=poison)
+        self.stats = StreamStats()
+        self.resident: Resident = {}
+        self.resident_bytes = 0
+        self._stored = stored  # fault-injection hook: how a worker gets a chunk's stored bytes
+        self._warm: tuple[list[str], ChunkStream] | None = None
+        self._plans: dict[str, Plan] = {}
+
+    def plan(self, name: str) -> Plan:
+        plan = self._plans.get(name)
+        if plan is None:
+            plan = self._plans[name] = plan_chunk(self.entry(name), self.widen)
+        return plan
+
+    def chunk_cost(self, name: str) -> int:
+        """Bytes the budget must hold while this chunk is loaded (transients included)."""
+        p = self.plan(name)
+        return SlabPool.cost(*p.sizes, mapped=p.mapped)
+
+    def min_budget(self, chunks: Sequence[str]) -> int:
+        """The smallest budget that can stream ``chunks`` (one at a time, no prefetch)."""
+        return max((self.chunk_cost(n) for n in chunks), default=0)
+
+    def _keeper(self, order: Sequence[str], repeat: bool) -> Callable[[Plan], bool]:
+        if self.budget is None:
+            return lambda plan: True  # no budget: keep everything once loaded
+        if not repeat:
+            return lambda plan: False
+        costs = [self.chunk_cost(n) for n in order if n not in self.resident]
+        window = (self.prefetch + 1) * max(costs, default=0)
+        limit = self.budget - window
+
+        def keep(plan: Plan) -> bool:
+            if self.resident_bytes + plan.resident_cost > limit:
+                return False
+            self.resident_bytes += plan.resident_cost
+            return True
+
+        return keep
+
+    def stream(self, chunks: Sequence[str], *, repeat: bool = False) -> ChunkStream:
+        """Chunks in the given order, ``prefetch`` ahead. ``repeat``: this walk comes back
+        (the decode loop), so keep a fixed resident subset if the budget allows."""
+        order = list(chunks)
+        self.chunk_log.extend(order)
+        if self._warm is not None:
+            warm_order, warm = self._warm
+            self._warm = None
+            if warm_order == order[: len(warm_order)]:
+                warm.extend(order[len(warm_order):], keep=self._keeper(order, repeat))
+                return warm
+            warm.close()
+        return self._new_stream(order, repeat)
+
+    def _new_stream(self, order: list[str], repeat: bool) -> ChunkStream:
+        return ChunkStream(
+            self.container,
+            self.pool,
+            order,
+            prefetch=self.prefetch,
+            workers=self.workers,
+            widen=self.widen,
+            verify=self.verify,
+            resident=self.resident,
+            keep=self._keeper(order, repeat),
+            stored=self._stored,
+            on_close=self.stats.add,
+        )
+
+    def warm(self, chunks: Sequence[str]) -> None:
+        """Start loading the first chunks of ``chunks`` in the background and return at once.
+
+        The next :meth:`stream` whose order starts with ``chunks`` takes the work over, so a
+        request that arrives while warming waits for nothing it would not have waited for."""
+        if self._warm is not None:
+            self._warm[1].close()
+        order = list(chunks)
+        self._warm = (order, self._new_stream(order, False))
+
+    def bytes_streamed_per_pass(self, chunks: Sequence[str]) -> int:
+        """Stored bytes a walk over ``chunks`` reads, given the current resident set."""
+        return sum(self.entry(n).nbytes for n in chunks if n not in self.resident)
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm[1].close()
+            self._warm = None
+        for lease, _ in self.resident.values():
+            lease.release()
+        self.resident.clear()
+        self.resident_bytes = 0
+        self.pool.close()
+
+    def __enter__(self) -> StreamingLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

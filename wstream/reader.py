@@ -11,9 +11,10 @@ from __future__ import annotations
 import mmap
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +183,34 @@ class Container:
                 self.check_crc(chunk)
             else:
                 self.decode_into(chunk, memoryview(scratch)[: chunk.raw_nbytes])
+
+    def stream(
+        self,
+        order: Sequence[str] | None = None,
+        *,
+        prefetch: int = 2,
+        budget: int | None = None,
+        workers: int = 2,
+        verify: bool = True,
+    ) -> Iterator[Any]:
+        """Chunks in ``order`` (default: file order), ``prefetch`` decoded ahead on worker
+        threads, under ``budget`` bytes. Each chunk is a context manager; leave it (or call
+        ``release()``) when done with its arrays.
+
+        >>> for chunk in c.stream(prefetch=2, budget=64 << 20):   # doctest: +SKIP
+        ...     with chunk:
+        ...         use(chunk.tensors)
+        """
+        from wstream.loader import StreamingLoader  # the loader builds on this module
+
+        names = [ch.name for ch in self.manifest.chunks] if order is None else list(order)
+        loader = StreamingLoader(
+            self, budget=budget, prefetch=prefetch, workers=workers, widen=False, verify=verify
+        )
+        try:
+            yield from loader.stream(names)
+        finally:
+            loader.close()
 
     # --- lifetime -----------------------------------------------------------------------------
 

@@ -1,0 +1,390 @@
+"""Keep the next k chunks of an order ready on worker threads, under the pool's byte budget.
+
+:class:`ChunkStream` is driven by its consumer: each ``next()`` (and each release of a chunk)
+submits work until k chunks are in flight ahead of the one the consumer is about to get, as far
+as the budget allows. Workers verify the stored bytes' CRC, decode straight into pooled slabs
+(zstd releases the GIL, so two workers really run in parallel) and, for the forward pass, widen
+bf16/f16 to float32. Raw chunks that need no widening are served zero-copy from the container's
+map; ``MADV_WILLNEED`` is issued for a chunk when it is scheduled and ``MADV_DONTNEED`` when it is
+released, so mapped pages do not pile up in RSS.
+
+A worker's error reaches the consumer at that chunk, as a :class:`~wstream.errors.WStreamError`
+naming it. Closing the stream (leaving the loop early, an exception in the consumer, or the end)
+cancels queued work, waits for running work, returns every lease and stops every thread.
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from wstream import codecs
+from wstream import errors as E
+from wstream.manifest import ChunkEntry
+from wstream.pool import Lease, SlabPool
+from wstream.reader import Container, piece_views
+from wstream.spec import TENSOR_ALIGNMENT
+
+PAGE = mmap.PAGESIZE
+
+
+def _page_span(chunk: ChunkEntry) -> tuple[int, int]:
+    start = chunk.offset - chunk.offset % PAGE
+    end = chunk.offset + chunk.nbytes
+    return start, -(-end // PAGE) * PAGE - start
+
+
+def _widens(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" and dtype != np.float32 or dtype.name == "bfloat16"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How one chunk is brought into memory, and what it charges the pool while in use."""
+
+    chunk: ChunkEntry
+    zero_copy: bool  # raw and nothing to widen: views of the file mapping
+    out_nbytes: int  # slab 0: decoded (or widened) bytes handed to the consumer; 0 if zero-copy
+    temp_nbytes: int  # slab 1: decoded stored-dtype bytes, widened then returned early
+    out_offsets: tuple[int, ...]  # per piece, where its (widened) array starts in slab 0
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (self.out_nbytes, self.temp_nbytes) if self.temp_nbytes else (self.out_nbytes,)
+
+    @property
+    def mapped(self) -> int:
+        return _page_span(self.chunk)[1] if self.chunk.nbytes else 0
+
+    @property
+    def resident_cost(self) -> int:
+        """What stays charged if the chunk is kept resident (transients excluded)."""
+        return SlabPool.cost(self.out_nbytes) if not self.zero_copy else self.mapped
+
+
+def plan_chunk(chunk: ChunkEntry, widen: bool) -> Plan:
+    dtypes = [t.dtype.numpy for t in chunk.tensors]
+    widening = widen and any(_widens(d) for d in dtypes)
+    if not widening:
+        if chunk.is_raw:
+            return Plan(chunk, True, 0, 0, tuple(t.offset for t in chunk.tensors))
+        return Plan(chunk, False, chunk.raw_nbytes, 0, tuple(t.offset for t in chunk.tensors))
+    offsets, end = [], 0
+    for t, d in zip(chunk.tensors, dtypes):
+        offsets.append(end)
+        itemsize = 4 if _widens(d) else d.itemsize
+        end += -(-(t.nbytes // max(d.itemsize, 1) * itemsize) // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+    temp = 0 if chunk.is_raw else chunk.raw_nbytes
+    return Plan(chunk, False, end, temp, tuple(offsets))
+
+
+@dataclass
+class Loaded:
+    """A chunk in hand (the result of a worker), with what it cost to get it."""
+
+    plan: Plan
+    lease: Lease
+    arrays: list[np.ndarray]
+    read_seconds: float = 0.0
+    decode_seconds: float = 0.0
+
+
+def load_chunk(
+    container: Container,
+    plan: Plan,
+    lease: Lease,
+    pool: SlabPool,
+    *,
+    verify: bool,
+    stored: Callable[[ChunkEntry], memoryview] | None = None,
+) -> Loaded:
+    """The worker's job: read (and check), decode and widen one chunk into its lease."""
+    chunk = plan.chunk
+    t0 = time.perf_counter()
+    src = (stored or container.stored)(chunk)
+    if verify:
+        crc = zlib.crc32(src)
+        if crc != chunk.crc32:
+            raise E.ChunkChecksumMismatch(
+                f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"
+            )
+    t1 = time.perf_counter()
+    if plan.zero_copy:
+        data = np.frombuffer(src, np.uint8)
+        return Loaded(plan, lease, piece_views(chunk, data), t1 - t0, 0.0)
+    decoded = lease.array(1) if plan.temp_nbytes else (None if chunk.is_raw else lease.array(0))
+    if decoded is not None:
+        try:
+            codecs.decode_into(chunk.codec, src, memoryview(decoded))
+        except E.FormatError as exc:
+            raise type(exc)(f"chunk {chunk.name!r}: {exc}") from None
+        src_arrays = piece_views(chunk, decoded)
+    else:
+        src_arrays = piece_views(chunk, np.frombuffer(src, np.uint8))
+    if plan.temp_nbytes or chunk.is_raw and plan.out_nbytes:
+        out = lease.array(0)
+        arrays = []
+        for a, off in zip(src_arrays, plan.out_offsets):
+            dtype = np.dtype(np.float32) if _widens(a.dtype) else a.dtype
+            dst = out[off : off + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
+            np.copyto(dst, a, casting="unsafe")  # exact: every bf16/f16 value is a float32
+            arrays.append(dst)
+        if plan.temp_nbytes:
+            pool.return_early(lease, slab=1)
+    else:
+        arrays = src_arrays
+    del src_arrays, src
+    # The stored bytes are consumed: drop their pages now rather than at release.
+    container.drop_pages(chunk)
+    pool.return_early(lease, mapped=lease.mapped)
+    return Loaded(plan, lease, arrays, t1 - t0, time.perf_counter() - t1)
+
+
+@dataclass
+class StreamStats:
+    """What one stream (or, summed, a loader) did."""
+
+    chunks: int = 0  # chunks handed to the consumer
+    resident_hits: int = 0  # of which served from the resident set (no I/O, no decode)
+    bytes_read: int = 0  # stored bytes read from the container
+    bytes_decoded: int = 0  # bytes produced by codecs (compressed chunks)
+    bytes_widened: int = 0  # float32 bytes produced by widening
+    stall_seconds: float = 0.0  # consumer time spent waiting for a chunk
+    read_seconds: float = 0.0  # worker time reading + checksumming
+    decode_seconds: float = 0.0  # worker time decoding + widening
+    max_ahead: int = 0  # most chunks in flight ahead of the consumer (never above k)
+
+    def add(self, other: StreamStats) -> None:
+        for f in self.__dataclass_fields__:
+            if f == "max_ahead":
+                self.max_ahead = max(self.max_ahead, other.max_ahead)
+            else:
+                setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+class StreamChunk:
+    """A chunk handed to the consumer: its arrays, valid until release()."""
+
+    __slots__ = ("name", "group", "_names", "_arrays", "_on_release", "released")
+
+    def __init__(
+        self,
+        name: str,
+        group: str,
+        names: tuple[str, ...],
+        arrays: list[np.ndarray],
+        on_release: Callable[[], None] | None,
+    ) -> None:
+        self.name = name
+        self.group = group
+        self._names = names
+        self._arrays = arrays
+        self._on_release = on_release
+        self.released = False
+
+    def arrays(self) -> Sequence[np.ndarray]:
+        """One array per piece, in manifest order."""
+        return self._arrays
+
+    @property
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Piece arrays by tensor name (a row block is keyed by its tensor's name)."""
+        return dict(zip(self._names, self._arrays))
+
+    def release(self) -> None:
+        """Hand the chunk back; its arrays must not be used afterwards."""
+        if not self.released:
+            self.released = True
+            self._arrays = []
+            if self._on_release is not None:
+                self._on_release()
+
+    def __enter__(self) -> StreamChunk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+Resident = dict[str, tuple[Lease, list[np.ndarray]]]
+
+
+class ChunkStream(Iterator[StreamChunk]):
+    """Chunks of ``order``, in that order, with up to ``prefetch`` in flight ahead."""
+
+    def __init__(
+        self,
+        container: Container,
+        pool: SlabPool,
+        order: Sequence[str],
+        *,
+        prefetch: int,
+        workers: int,
+        widen: bool,
+        verify: bool,
+        resident: Resident,
+        keep: Callable[[Plan], bool],
+        stored: Callable[[ChunkEntry], memoryview] | None = None,
+        on_close: Callable[[StreamStats], None] | None = None,
+    ) -> None:
+        self._closed = True  # until fully constructed, so __del__ and close() are no-ops
+        self.container = container
+        self.pool = pool
+        m = container.manifest
+        self._widen = widen
+        self.plans = [plan_chunk(m.chunks[m.chunk_index[n]], widen) for n in order]
+        self.prefetch = prefetch
+        self.verify = verify
+        self.stats = StreamStats()
+        self._resident = resident
+        self._keep = keep  # decides, at submission, whether a chunk joins the resident set
+        self._stored = stored
+        self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="wstream-prefetch"
+        )
+        self._futures: dict[int, Future[Loaded]] = {}
+        self._leases: dict[int, Lease] = {}
+        self._keeping: set[int] = set()
+        self._next_submit = 0
+        self._next_yield = 0
+        self._held: dict[int, StreamChunk] = {}
+        self._on_close = on_close
+        self._closed = False
+        try:
+            self._submit_ahead(block=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def extend(self, order: Sequence[str], *, keep: Callable[[Plan], bool]) -> None:
+        """Append chunks to the order (a warm-up stream adopted by a real request)."""
+        m = self.container.manifest
+        self.plans.extend(plan_chunk(m.chunks[m.chunk_index[n]], self._widen) for n in order)
+        self._keep = keep
+        self._submit_ahead(block=False)
+
+    # --- scheduling ---------------------------------------------------------------------------
+
+    def _submit_ahead(self, *, block: bool) -> None:
+        """Submit work up to ``prefetch`` chunks past the next one to yield, budget permitting.
+
+        Only the chunk the consumer needs now may wait for room (``block``); chunks further
+        ahead are submitted when they fit, so a large chunk in flight means fewer ahead."""
+        while (
+            not self._closed
+            and self._next_submit < len(self.plans)
+            and self._next_submit <= self._next_yield + self.prefetch
+        ):
+            i = self._next_submit
+            plan = self.plans[i]
+            if plan.chunk.name in self._resident:
+                self._next_submit += 1
+                continue
+            needed_now = i == self._next_yield
+            lease = self.pool.acquire(*plan.sizes, mapped=plan.mapped, block=block and needed_now)
+            if lease is None:
+                return
+            if plan.mapped:
+                start, length = _page_span(plan.chunk)
+                self.container.mmap().madvise(mmap.MADV_WILLNEED, start, length)
+            assert self._executor is not None
+            self._leases[i] = lease
+            if self._keep(plan):
+                self._keeping.add(i)
+            self._futures[i] = self._executor.submit(
+                load_chunk, self.container, plan, lease, self.pool, verify=self.verify,
+                stored=self._stored,
+            )
+            self._next_submit += 1
+
+    def __next__(self) -> StreamChunk:
+        if self._closed or self._next_yield >= len(self.plans):
+            self.close()
+            raise StopIteration
+        i = self._next_yield
+        plan = self.plans[i]
+        chunk = plan.chunk
+        hit = self._resident.get(chunk.name)
+        if hit is not None:
+            self._next_yield += 1
+            self.stats.chunks += 1
+            self.stats.resident_hits += 1
+            self._submit_ahead(block=False)
+            return self._hand_out(i, hit[1], None)
+        t0 = time.perf_counter()
+        try:
+            self._submit_ahead(block=True)
+            loaded = self._futures.pop(i).result()
+        except E.WStreamError:
+            self.close()
+            raise
+        except OSError as exc:
+            self.close()
+            raise E.LoaderError(f"chunk {chunk.name!r}: read failed: {exc}") from exc
+        except BaseException:
+            self.close()
+            raise
+        self.stats.stall_seconds += time.perf_counter() - t0
+        self.stats.chunks += 1
+        self.stats.bytes_read += chunk.nbytes
+        self.stats.bytes_decoded += 0 if chunk.is_raw else chunk.raw_nbytes
+        self.stats.bytes_widened += plan.out_nbytes if plan.temp_nbytes or chunk.is_raw else 0
+        self.stats.read_seconds += loaded.read_seconds
+        self.stats.decode_seconds += loaded.decode_seconds
+        self._next_yield += 1
+        lease = self._leases.pop(i)
+        if i in self._keeping:
+            self._keeping.discard(i)
+            self._resident[chunk.name] = (lease, loaded.arrays)
+            out = self._hand_out(i, loaded.arrays, None)
+        else:
+            out = self._hand_out(i, loaded.arrays, lease)
+        self.stats.max_ahead = max(self.stats.max_ahead, self._next_submit - self._next_yield)
+        return out
+
+    def _hand_out(self, i: int, arrays: list[np.ndarray], lease: Lease | None) -> StreamChunk:
+        plan = self.plans[i]
+
+        def release() -> None:
+            self._held.pop(i, None)
+            if lease is not None:
+                if plan.zero_copy:
+                    self.container.drop_pages(plan.chunk)
+                lease.release()
+            self._submit_ahead(block=False)
+
+        names = tuple(t.name for t in plan.chunk.tensors)
+        out = StreamChunk(plan.chunk.name, plan.chunk.group, names, arrays, release)
+        self._held[i] = out
+        return out
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel queued work, wait for running work, return every lease, stop every thread."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        for i, lease in self._leases.items():
+            if i in self._futures and self.plans[i].zero_copy:
+                self.container.drop_pages(self.plans[i].chunk)
+            lease.release()
+        self._leases.clear()
+        self._futures.clear()
+        for held in list(self._held.values()):
+            held.release()
+        if self._on_close is not None:
+            self._on_close(self.stats)
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self.close()
