@@ -151,17 +151,29 @@ class SlabPool:
 
     def _try_acquire(self, sizes: tuple[int, ...], mapped: int) -> Lease | None:
         rounded = [round_up(n, SLAB_GRANULE) for n in sizes]
-        reused: list[Slab | None] = []
+        slabs = self._fit(rounded, mapped, reuse=True)
+        if slabs is None:
+            # A reused slab may be larger than needed; fresh exact slabs may still fit.
+            slabs = self._fit(rounded, mapped, reuse=False)
+        if slabs is None:
+            return None
+        self._mapped += mapped
+        self._leases += 1
+        self.peak = max(self.peak, self.committed)
+        return Lease(self, slabs, tuple(sizes), mapped)
+
+    def _fit(self, rounded: list[int], mapped: int, *, reuse: bool) -> list[Slab | None] | None:
+        taken: list[Slab | None] = []
         for size in rounded:
             slab = None
-            if size:
-                # Reuse the smallest idle slab that fits and wastes at most half of itself.
+            if size and reuse:
+                # The smallest idle slab that fits and wastes at most half of itself.
                 fits = [s for s in self._idle if size <= s.nbytes <= 2 * size]
                 if fits:
                     slab = min(fits, key=lambda s: s.nbytes)
                     self._idle.remove(slab)
-            reused.append(slab)
-        need = mapped + sum(size for size, s in zip(rounded, reused) if s is None)
+            taken.append(slab)
+        need = mapped + sum(size for size, s in zip(rounded, taken) if s is None)
         if self.capacity is not None:
             # Unmap idle slabs, largest first, until the new charge fits (or none are left).
             while self.committed + need > self.capacity and self._idle:
@@ -170,21 +182,16 @@ class SlabPool:
                 self._slab_bytes -= victim.nbytes
                 victim.free()
             if self.committed + need > self.capacity:
-                self._idle.extend(s for s in reused if s is not None)
+                self._idle.extend(s for s in taken if s is not None)
                 return None
-        slabs: list[Slab | None] = []
-        for size, slab in zip(rounded, reused):
+        for i, (size, slab) in enumerate(zip(rounded, taken)):
             if slab is not None:
                 self.slabs_reused += 1
             elif size:
-                slab = Slab.allocate(size)
+                taken[i] = Slab.allocate(size)
                 self._slab_bytes += size
                 self.slabs_allocated += 1
-            slabs.append(slab)
-        self._mapped += mapped
-        self._leases += 1
-        self.peak = max(self.peak, self.committed)
-        return Lease(self, slabs, tuple(sizes), mapped)
+        return taken
 
     def _release(self, lease: Lease) -> None:
         with self._cond:

@@ -257,25 +257,52 @@ class ChunkStream(Iterator[StreamChunk]):
         self._on_close = on_close
         self._closed = False
         try:
-            self._submit_ahead(block=False)
+            self._check_budget(self.plans)
         except BaseException:
             self.close()
             raise
+        self._submit_ahead(block=False)
 
     def extend(self, order: Sequence[str], *, keep: Callable[[Plan], bool]) -> None:
         """Append chunks to the order (a warm-up stream adopted by a real request)."""
         m = self.container.manifest
-        self.plans.extend(plan_chunk(m.chunks[m.chunk_index[n]], self._widen) for n in order)
+        more = [plan_chunk(m.chunks[m.chunk_index[n]], self._widen) for n in order]
+        try:
+            self._check_budget(more)
+        except BaseException:
+            self.close()
+            raise
+        self.plans.extend(more)
         self._keep = keep
         self._submit_ahead(block=False)
 
     # --- scheduling ---------------------------------------------------------------------------
 
+    def _check_budget(self, plans: Sequence[Plan]) -> None:
+        """Fail before any work starts if one chunk cannot fit the budget at all."""
+        if self.pool.capacity is None:
+            return
+        for plan in plans:
+            cost = SlabPool.cost(*plan.sizes, mapped=plan.mapped)
+            if cost > self.pool.capacity:
+                raise E.BudgetTooSmall(
+                    f"budget: chunk {plan.chunk.name!r} needs {cost} bytes "
+                    f"but the budget is {self.pool.capacity} bytes"
+                )
+
     def _submit_ahead(self, *, block: bool) -> None:
         """Submit work up to ``prefetch`` chunks past the next one to yield, budget permitting.
 
         Only the chunk the consumer needs now may wait for room (``block``); chunks further
-        ahead are submitted when they fit, so a large chunk in flight means fewer ahead."""
+        ahead are submitted when they fit, so a large chunk in flight means fewer ahead.
+        Any failure here closes the stream, so no thread or lease outlives it."""
+        try:
+            self._submit_more(block)
+        except BaseException:
+            self.close()
+            raise
+
+    def _submit_more(self, block: bool) -> None:
         while (
             not self._closed
             and self._next_submit < len(self.plans)
@@ -286,8 +313,19 @@ class ChunkStream(Iterator[StreamChunk]):
             if plan.chunk.name in self._resident:
                 self._next_submit += 1
                 continue
-            needed_now = i == self._next_yield
-            lease = self.pool.acquire(*plan.sizes, mapped=plan.mapped, block=block and needed_now)
+            needed_now = block and i == self._next_yield
+            lease = self.pool.acquire(*plan.sizes, mapped=plan.mapped, block=False)
+            if lease is None and needed_now and self._held:
+                # Only the consumer could free the room, and it is waiting on us.
+                raise E.BudgetTooSmall(
+                    f"budget: chunk {plan.chunk.name!r} needs "
+                    f"{SlabPool.cost(*plan.sizes, mapped=plan.mapped)} bytes, but the budget is "
+                    f"taken by chunks the consumer still holds "
+                    f"({', '.join(repr(h.name) for h in self._held.values())}); release each "
+                    "chunk before asking for the next, or raise the budget"
+                )
+            if lease is None and needed_now:
+                lease = self.pool.acquire(*plan.sizes, mapped=plan.mapped)
             if lease is None:
                 return
             if plan.mapped:

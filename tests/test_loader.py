@@ -1,0 +1,284 @@
+"""The streaming loader against the simple path: eager reads of the same container."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from wstream.errors import BudgetTooSmall, ChunkChecksumMismatch, LoaderError
+from wstream.loader import EagerWeights, StreamingLoader
+from wstream.manifest import ChunkEntry
+from wstream.pack import pack
+from wstream.reader import Container, piece_views
+
+MAX_CHUNK = 96 * 1024
+
+
+def _checkpoint(path: Path, seed: int = 0) -> Path:
+    """A generic checkpoint of mixed dtypes and sizes: several groups, some tensors row-split."""
+    rng = np.random.default_rng(seed)
+    tensors: dict[str, np.ndarray] = {"embed.weight": rng.standard_normal((300, 64)).astype(np.float32)}
+    for i in range(5):
+        rows = int(rng.integers(1, 400))
+        tensors[f"layers.{i}.w"] = rng.standard_normal((rows, 96)).astype(ml_dtypes.bfloat16)
+        tensors[f"layers.{i}.h"] = rng.standard_normal((rows, 33)).astype(np.float16)
+        tensors[f"layers.{i}.b"] = rng.standard_normal(rows).astype(np.float32)
+        tensors[f"layers.{i}.n"] = rng.integers(-9, 9, size=(7,), dtype=np.int64)
+    tensors["head.weight"] = rng.standard_normal((500, 80)).astype(ml_dtypes.bfloat16)
+    save_file(tensors, str(path))
+    return path
+
+
+@pytest.fixture(scope="module", params=["raw", "zstd"])
+def container(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    d = tmp_path_factory.mktemp(f"loader-{request.param}")
+    src = _checkpoint(d / "model.safetensors")
+    pack(src, d / "model.wst", codec=request.param, max_chunk=MAX_CHUNK)
+    with Container(d / "model.wst") as c:
+        yield c
+
+
+def _names(c: Container) -> list[str]:
+    return [ch.name for ch in c.manifest.chunks]
+
+
+def _expected(c: Container, widen: bool) -> dict[str, list[bytes]]:
+    out = {}
+    for chunk in c.manifest.chunks:
+        arrays = piece_views(chunk, c.decode(chunk))
+        if widen:
+            arrays = [a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a for a in arrays]
+        out[chunk.name] = [a.dtype.str.encode() + a.tobytes() for a in arrays]
+    return out
+
+
+def _alive_workers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("wstream-prefetch")]
+
+
+@pytest.mark.parametrize("widen", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 2, 4])
+def test_stream_equals_eager_for_every_k_and_budget(container: Container, k: int, widen: bool) -> None:
+    expected = _expected(container, widen)
+    names = _names(container)
+    probe = StreamingLoader(container, widen=widen)
+    smallest = probe.min_budget(names)
+    probe.close()
+    for budget in (smallest, 2 * smallest, 5 * smallest, None):
+        with StreamingLoader(container, budget=budget, prefetch=k, widen=widen) as loader:
+            stream = loader.stream(names)
+            seen = []
+            for chunk in stream:
+                with chunk:
+                    got = [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()]
+                    assert got == expected[chunk.name], (chunk.name, k, budget)
+                    seen.append(chunk.name)
+            assert seen == names  # strictly in order
+            assert stream.stats.max_ahead <= k
+            if budget is not None:
+                assert loader.pool.peak <= budget
+        assert loader.pool.committed == 0
+    assert not _alive_workers()
+
+
+def test_never_more_than_k_ahead_instrumented(container: Container) -> None:
+    """Count reads started by workers against chunks consumed."""
+    names = _names(container)
+    for k in (0, 1, 2):
+        started: list[str] = []
+        lock = threading.Lock()
+
+        def stored(chunk: ChunkEntry) -> memoryview:
+            with lock:
+                started.append(chunk.name)
+            return container.stored(chunk)
+
+        with StreamingLoader(container, prefetch=k, stored=stored) as loader:
+            consumed = 0
+            for chunk in loader.stream(names):
+                with chunk:
+                    consumed += 1
+                    with lock:
+                        # At most the chunk in hand plus k ahead have been started.
+                        assert len(started) <= consumed + k
+            assert started == names
+
+
+def test_container_stream_api_yields_named_views(container: Container) -> None:
+    for chunk in container.stream(prefetch=1, budget=None):
+        with chunk:
+            entry = container.chunk(chunk.name)
+            assert set(chunk.tensors) == {t.name for t in entry.tensors}
+
+
+def test_budget_below_largest_chunk_is_a_clear_error(container: Container) -> None:
+    names = _names(container)
+    with StreamingLoader(container) as probe:
+        smallest = probe.min_budget(names)
+    with StreamingLoader(container, budget=smallest - 1) as loader:
+        with pytest.raises(BudgetTooSmall, match="budget"):
+            for chunk in loader.stream(names):
+                chunk.release()
+    assert not _alive_workers()
+
+
+def test_consumer_hoarding_chunks_gets_a_clear_error_not_a_hang(container: Container) -> None:
+    names = _names(container)
+    with StreamingLoader(container) as probe:
+        smallest = probe.min_budget(names)
+    with StreamingLoader(container, budget=smallest) as loader:
+        with pytest.raises(BudgetTooSmall, match="still holds"):
+            list(loader.stream(names))  # never releases anything
+    assert not _alive_workers()
+
+
+@pytest.mark.parametrize("fault", ["oserror", "corrupt"])
+def test_worker_fault_reaches_consumer_and_everything_is_returned(container: Container, fault: str) -> None:
+    names = _names(container)
+    victim = names[len(names) // 2]
+
+    def stored(chunk: ChunkEntry) -> memoryview:
+        view = container.stored(chunk)
+        if chunk.name != victim:
+            return view
+        if fault == "oserror":
+            raise OSError(5, "Input/output error")
+        bad = bytearray(view)
+        bad[len(bad) // 2] ^= 0x40
+        return memoryview(bytes(bad))
+
+    loader = StreamingLoader(container, budget=None, prefetch=2, stored=stored, verify=True)
+    error = ChunkChecksumMismatch if fault == "corrupt" else LoaderError
+    seen = []
+    with pytest.raises(error, match=victim.replace("#", ".")):
+        for chunk in loader.stream(names):
+            with chunk:
+                seen.append(chunk.name)
+    assert seen == names[: names.index(victim)]
+    assert not _alive_workers()
+    loader.close()
+    assert loader.pool.leased == 0 and loader.pool.committed == 0
+
+
+def test_corrupt_bytes_are_not_returned_when_verify_is_off_only_if_codec_rejects(container: Container) -> None:
+    """With CRCs on (the default), a flipped byte never reaches the consumer as data."""
+    names = _names(container)
+
+    def stored(chunk: ChunkEntry) -> memoryview:
+        data = bytearray(container.stored(chunk))
+        if data:
+            data[0] ^= 1
+        return memoryview(bytes(data))
+
+    with StreamingLoader(container, stored=stored) as loader:
+        with pytest.raises(ChunkChecksumMismatch):
+            for chunk in loader.stream(names):
+                chunk.release()
+
+
+@pytest.mark.parametrize("how", ["break", "raise"])
+def test_leaving_early_returns_every_slab_and_stops_threads(container: Container, how: str) -> None:
+    names = _names(container)
+    with StreamingLoader(container, budget=None, prefetch=3) as loader:
+        stream = loader.stream(names)
+        try:
+            for i, chunk in enumerate(stream):
+                with chunk:
+                    if i == 2:
+                        if how == "raise":
+                            raise KeyError("consumer failed")
+                        break
+        except KeyError:
+            pass
+        stream.close()
+        assert not _alive_workers()
+        # budget=None keeps loaded chunks resident; nothing else may remain leased.
+        assert loader.pool.leased == len(loader.resident)
+    assert loader.pool.committed == 0
+
+
+def test_two_streams_over_one_container_at_once(container: Container) -> None:
+    expected = _expected(container, True)
+    names = _names(container)
+    failures: list[BaseException] = []
+
+    def run(order: list[str]) -> None:
+        try:
+            with StreamingLoader(container, budget=4 * MAX_CHUNK * 3, prefetch=2) as loader:
+                for _ in range(3):
+                    for chunk in loader.stream(order):
+                        with chunk:
+                            got = [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()]
+                            assert got == expected[chunk.name]
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(o,)) for o in (names, names[::-1])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures
+
+
+def test_cyclic_walk_keeps_a_fixed_resident_subset(container: Container) -> None:
+    names = _names(container)
+    with StreamingLoader(container) as probe:
+        cost = {n: probe.chunk_cost(n) for n in names}
+    budget = (1 + 1) * max(cost.values()) + sum(cost.values()) // 2
+    with StreamingLoader(container, budget=budget, prefetch=1) as loader:
+        reads = []
+        resident_sets = []
+        for _ in range(4):
+            stream = loader.stream(names, repeat=True)
+            for chunk in stream:
+                chunk.release()
+            reads.append(stream.stats.bytes_read)
+            resident_sets.append(set(loader.resident))
+            assert loader.pool.peak <= budget
+        per_pass = loader.bytes_streamed_per_pass(names)
+    assert resident_sets[1] == resident_sets[2] == resident_sets[3]
+    assert 0 < per_pass < sum(container.chunk(n).nbytes for n in names)
+    assert reads[2] == reads[3] == per_pass
+    assert reads[0] == sum(container.chunk(n).nbytes for n in names)
+
+
+def test_warm_prefetches_in_background_and_is_adopted(container: Container) -> None:
+    names = _names(container)
+    started: list[str] = []
+
+    def stored(chunk: ChunkEntry) -> memoryview:
+        started.append(chunk.name)
+        return container.stored(chunk)
+
+    expected = _expected(container, True)
+    with StreamingLoader(container, prefetch=2, stored=stored) as loader:
+        loader.warm(names[:3])  # returns without waiting
+        for chunk in loader.stream(names):
+            with chunk:
+                assert [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()] == expected[chunk.name]
+    assert started == names  # each chunk read exactly once: the warm work was taken over
+
+
+def test_eager_weights_match_stream(container: Container) -> None:
+    names = _names(container)
+    eager = EagerWeights(container)
+    with StreamingLoader(container, budget=None) as loader:
+        for a, b in zip(eager.stream(names), loader.stream(names)):
+            assert [x.tobytes() for x in a.arrays()] == [y.tobytes() for y in b.arrays()]
+            b.release()
+
+
+def test_crc_can_be_switched_off(container: Container) -> None:
+    names = _names(container)
+    with StreamingLoader(container, verify=False) as loader:
+        n = sum(1 for chunk in loader.stream(names) if chunk.release() is None)
+    assert n == len(names)
+    assert all(zlib.crc32(container.stored(container.chunk(x))) == container.chunk(x).crc32 for x in names)
