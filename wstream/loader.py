@@ -25,7 +25,7 @@ from wstream.manifest import ChunkEntry
 from wstream.model.weights import Piece
 from wstream.pool import SlabPool
 from wstream.prefetch import ChunkStream, Plan, Resident, StreamChunk, StreamStats, plan_chunk
-from wstream.reader import Container, piece_views
+from wstream.reader import Container, dequantize_into, piece_views
 
 
 def widen(array: np.ndarray) -> np.ndarray:
@@ -76,7 +76,15 @@ class EagerWeights(ContainerIndex):
         self._arrays: dict[str, list[np.ndarray]] = {}
         for chunk in container.manifest.chunks:
             data = container.decode(chunk, verify=verify)
-            self._arrays[chunk.name] = [widen(a) for a in piece_views(chunk, data)]
+            arrays = []
+            for t, a in zip(chunk.tensors, piece_views(chunk, data)):
+                if t.quant is not None:
+                    values = np.empty(t.piece_shape, np.float32)
+                    dequantize_into(t, data, values)
+                    arrays.append(values)
+                else:
+                    arrays.append(widen(a))
+            self._arrays[chunk.name] = arrays
         self.stats = StreamStats(
             bytes_read=sum(c.nbytes for c in container.manifest.chunks),
             bytes_decoded=sum(c.raw_nbytes for c in container.manifest.chunks if not c.is_raw),

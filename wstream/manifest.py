@@ -17,7 +17,7 @@ from typing import Any
 
 from wstream import errors as E
 from wstream import spec
-from wstream.spec import CodecId, DType
+from wstream.spec import CodecId, DType, QuantScheme
 
 # --- values --------------------------------------------------------------------------------------
 
@@ -36,12 +36,31 @@ class CodecStep:
 
     id: CodecId
     level: int | None = None  # zstd: the level used to encode (informational for decoding)
+    size: int | None = None  # bytegroup: element size in bytes
+    frames: tuple[tuple[int, int], ...] | None = None  # zstd: (stored, decoded) bytes per frame
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": str(self.id)}
         if self.level is not None:
             out["level"] = self.level
+        if self.size is not None:
+            out["size"] = self.size
+        if self.frames is not None:
+            out["frames"] = [list(f) for f in self.frames]
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Quant:
+    """How a quantized tensor piece is stored: int8 values at the piece's offset, and float32
+    scales [rows, ceil(cols / group)] at ``scales``; value = int8 x its group's scale."""
+
+    scheme: QuantScheme
+    group: int  # consecutive elements of a row sharing one scale
+    scales: int  # byte offset of the scales inside the decoded chunk
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scheme": str(self.scheme), "group": self.group, "scales": self.scales}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +68,11 @@ class TensorEntry:
     """A tensor, or a block of its rows, inside a chunk's decoded bytes."""
 
     name: str
-    dtype: DType
+    dtype: DType  # the tensor's dtype (for a quantized tensor: the dtype it dequantizes to)
     shape: tuple[int, ...]  # shape of the whole tensor
     offset: int  # byte offset inside the decoded chunk
     rows: tuple[int, int] | None = None  # [start, stop) of shape[0]; None: the whole tensor
+    quant: Quant | None = None  # None: stored as ``dtype``
 
     @property
     def piece_shape(self) -> tuple[int, ...]:
@@ -61,8 +81,24 @@ class TensorEntry:
         return (self.rows[1] - self.rows[0], *self.shape[1:])
 
     @property
+    def stored_itemsize(self) -> int:
+        return 1 if self.quant is not None else self.dtype.itemsize
+
+    @property
     def nbytes(self) -> int:
-        return math.prod(self.piece_shape) * self.dtype.itemsize
+        """Bytes of the values at ``offset`` (int8 ones when quantized)."""
+        return math.prod(self.piece_shape) * self.stored_itemsize
+
+    @property
+    def scales_shape(self) -> tuple[int, int]:
+        if self.quant is None:
+            return (0, 0)
+        rows, cols = self.piece_shape
+        return (rows, -(-cols // self.quant.group))
+
+    @property
+    def scales_nbytes(self) -> int:
+        return math.prod(self.scales_shape) * 4
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -73,6 +109,8 @@ class TensorEntry:
         }
         if self.rows is not None:
             out["rows"] = list(self.rows)
+        if self.quant is not None:
+            out["quant"] = self.quant.to_json()
         return out
 
 
@@ -280,11 +318,37 @@ def _name(value: Any, where: str) -> str:
     return value
 
 
-def _codec(value: Any, where: str) -> tuple[CodecStep, ...]:
+def _frames(value: Any, where: str, nbytes: int, raw_nbytes: int) -> tuple[tuple[int, int], ...]:
+    if not isinstance(value, list) or not value:
+        raise E.ManifestSchemaError(f"{where}: expected a non-empty list of [stored, decoded]")
+    if len(value) > spec.MAX_FRAMES_PER_CHUNK:
+        raise E.LimitExceeded(f"{where}: {len(value)} frames exceed {spec.MAX_FRAMES_PER_CHUNK}")
+    frames = []
+    for i, f in enumerate(value):
+        if not isinstance(f, list) or len(f) != 2:
+            raise E.ManifestSchemaError(f"{where}[{i}]: expected [stored, decoded], got {f!r}")
+        stored = _int(f[0], f"{where}[{i}][0]", 1, nbytes)
+        raw = _int(f[1], f"{where}[{i}][1]", 0, raw_nbytes)
+        frames.append((stored, raw))
+    stored_total = sum(f[0] for f in frames)
+    raw_total = sum(f[1] for f in frames)
+    if stored_total != nbytes:
+        raise E.OutOfBounds(f"{where}: frames store {stored_total} bytes; the chunk has {nbytes}")
+    if raw_total != raw_nbytes:
+        raise E.DecodedSizeMismatch(
+            f"{where}: frames decode to {raw_total} bytes; raw_nbytes is {raw_nbytes}"
+        )
+    return tuple(frames)
+
+
+def _codec(value: Any, where: str, nbytes: int, raw_nbytes: int) -> tuple[CodecStep, ...]:
+    """A pipeline: [], [zstd], [bytegroup] or [bytegroup, zstd] (encode order)."""
     if not isinstance(value, list):
         raise E.ManifestSchemaError(f"{where}: expected a list, got {type(value).__name__}")
-    if len(value) > 1:
-        raise E.LimitExceeded(f"{where}: {len(value)} steps; version 1 allows at most 1")
+    if len(value) > spec.MAX_PIPELINE_STEPS:
+        raise E.LimitExceeded(
+            f"{where}: {len(value)} steps; at most {spec.MAX_PIPELINE_STEPS} are allowed"
+        )
     steps = []
     for i, raw in enumerate(value):
         w = f"{where}[{i}]"
@@ -294,14 +358,34 @@ def _codec(value: Any, where: str) -> tuple[CodecStep, ...]:
             cid = CodecId(raw["id"])
         except ValueError:
             raise E.UnknownCodec(f"{w}.id: {raw['id']!r} is not a known codec") from None
-        step = _obj(raw, w, {"id", "level"})
-        level = _int(step["level"], f"{w}.level", spec.MIN_ZSTD_LEVEL, spec.MAX_ZSTD_LEVEL)
-        steps.append(CodecStep(cid, level))
+        if cid is CodecId.BYTEGROUP:
+            step = _obj(raw, w, {"id", "size"})
+            size = step["size"]
+            if type(size) is not int or size not in spec.BYTEGROUP_SIZES:
+                raise E.ManifestSchemaError(
+                    f"{w}.size: {size!r} is not one of {list(spec.BYTEGROUP_SIZES)}"
+                )
+            if i != 0:
+                raise E.ManifestSchemaError(f"{w}: bytegroup must be the first step")
+            steps.append(CodecStep(cid, size=size))
+        else:
+            step = _obj(raw, w, {"id"}, frozenset({"level", "frames"}))
+            level = None
+            if "level" in step:
+                level = _int(step["level"], f"{w}.level", spec.MIN_ZSTD_LEVEL, spec.MAX_ZSTD_LEVEL)
+            frames = _frames(step["frames"], f"{w}.frames", nbytes, raw_nbytes) if "frames" in step else None
+            if i != len(value) - 1:
+                raise E.ManifestSchemaError(f"{w}: zstd must be the last step")
+            steps.append(CodecStep(cid, level=level, frames=frames))
+    if not any(s.id is CodecId.ZSTD for s in steps) and nbytes != raw_nbytes:
+        raise E.DecodedSizeMismatch(
+            f"{where}: a chunk without zstd stores {nbytes} bytes but declares raw_nbytes {raw_nbytes}"
+        )
     return tuple(steps)
 
 
 def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
-    t = _obj(value, where, {"name", "dtype", "shape", "offset"}, frozenset({"rows"}))
+    t = _obj(value, where, {"name", "dtype", "shape", "offset"}, frozenset({"rows", "quant"}))
     name = _name(t["name"], f"{where}.name")
     if not isinstance(t["dtype"], str):
         raise E.ManifestSchemaError(f"{where}.dtype: expected a string, got {t['dtype']!r}")
@@ -335,29 +419,71 @@ def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
         if start >= stop:
             raise E.TensorLayoutError(f"{where}.rows: [{start}, {stop}) is empty or reversed")
         rows = (start, stop)
-    entry = TensorEntry(name, dtype, shape, offset, rows)
+    quant = _quant(t["quant"], f"{where}.quant", dtype, shape) if "quant" in t else None
+    entry = TensorEntry(name, dtype, shape, offset, rows, quant)
     if offset + entry.nbytes > raw_nbytes:
         raise E.OutOfBounds(
             f"{where}: bytes [{offset}, {offset + entry.nbytes}) exceed raw_nbytes {raw_nbytes}"
         )
+    if quant is not None and quant.scales + entry.scales_nbytes > raw_nbytes:
+        raise E.OutOfBounds(
+            f"{where}.quant.scales: bytes [{quant.scales}, {quant.scales + entry.scales_nbytes}) "
+            f"exceed raw_nbytes {raw_nbytes}"
+        )
     return entry
 
 
+_QUANTIZABLE = frozenset({DType.F16, DType.BF16, DType.F32, DType.F64})
+
+
+def _quant(value: Any, where: str, dtype: DType, shape: tuple[int, ...]) -> Quant:
+    q = _obj(value, where, {"scheme", "group", "scales"})
+    try:
+        scheme = QuantScheme(q["scheme"])
+    except (ValueError, TypeError):
+        raise E.UnknownCodec(f"{where}.scheme: {q['scheme']!r} is not a known scheme") from None
+    if dtype not in _QUANTIZABLE or len(shape) != 2:
+        raise E.TensorLayoutError(
+            f"{where}: only 2-d floating-point tensors are quantized, not {dtype}{list(shape)}"
+        )
+    group = _int(q["group"], f"{where}.group", 1, spec.MAX_QUANT_GROUP)
+    scales = _int(q["scales"], f"{where}.scales", 0, spec.MAX_CHUNK_RAW_NBYTES)
+    if scales % spec.TENSOR_ALIGNMENT:
+        raise E.MisalignedOffset(f"{where}.scales: {scales} is not a multiple of {spec.TENSOR_ALIGNMENT}")
+    return Quant(scheme, group, scales)
+
+
 def _check_pieces_disjoint(tensors: tuple[TensorEntry, ...], where: str) -> None:
-    spans = sorted((t.offset, t.offset + t.nbytes, t.name) for t in tensors if t.nbytes)
+    spans = sorted(
+        [(t.offset, t.offset + t.nbytes, t.name) for t in tensors if t.nbytes]
+        + [
+            (t.quant.scales, t.quant.scales + t.scales_nbytes, f"{t.name} (scales)")
+            for t in tensors
+            if t.quant is not None and t.scales_nbytes
+        ]
+    )
     for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
         if start_b < end_a:
             raise E.OverlappingRegions(f"{where}: tensors {name_a!r} and {name_b!r} overlap")
+
+
+_U64_MAX = (1 << 64) - 1
 
 
 def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
     c = _obj(value, where, {"name", "group", "offset", "nbytes", "raw_nbytes", "crc32", "codec", "tensors"})
     name = _name(c["name"], f"{where}.name")
     group = _name(c["group"], f"{where}.group")
-    offset = _int(c["offset"], f"{where}.offset", spec.DATA_START, data_end)
+    # Any u64 is a well-formed offset or size; one that points outside the chunk data area is
+    # out of bounds (not a limit), whichever side it falls on.
+    offset = _int(c["offset"], f"{where}.offset", 0, _U64_MAX)
+    if not spec.DATA_START <= offset <= data_end:
+        raise E.OutOfBounds(
+            f"{where}.offset: {offset} is outside the chunk data area [{spec.DATA_START}, {data_end}]"
+        )
     if offset % spec.CHUNK_ALIGNMENT:
         raise E.MisalignedOffset(f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}")
-    nbytes = _int(c["nbytes"], f"{where}.nbytes", 0, data_end)
+    nbytes = _int(c["nbytes"], f"{where}.nbytes", 0, _U64_MAX)
     if offset + nbytes > data_end:
         raise E.OutOfBounds(
             f"{where}: bytes [{offset}, {offset + nbytes}) run past the chunk data area, "
@@ -365,11 +491,7 @@ def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
         )
     raw_nbytes = _int(c["raw_nbytes"], f"{where}.raw_nbytes", 0, spec.MAX_CHUNK_RAW_NBYTES)
     crc = _int(c["crc32"], f"{where}.crc32", 0, 0xFFFFFFFF)
-    codec = _codec(c["codec"], f"{where}.codec")
-    if not codec and nbytes != raw_nbytes:
-        raise E.DecodedSizeMismatch(
-            f"{where}: raw chunk stores {nbytes} bytes but declares raw_nbytes {raw_nbytes}"
-        )
+    codec = _codec(c["codec"], f"{where}.codec", nbytes, raw_nbytes)
     if not isinstance(c["tensors"], list):
         raise E.ManifestSchemaError(f"{where}.tensors: expected a list")
     if len(c["tensors"]) > spec.MAX_PIECES_PER_CHUNK:
@@ -478,6 +600,12 @@ def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
         names.add(chunk.name)
         end = chunk.offset + chunk.nbytes
         chunks.append(chunk)
+    if not doc["lossy"]:
+        for i, chunk in enumerate(chunks):
+            if any(t.quant is not None for t in chunk.tensors):
+                raise E.ManifestSchemaError(
+                    f"chunks[{i}]: holds quantized tensors but the manifest says lossy: false"
+                )
     return build_manifest(
         tuple(chunks), config=config, metadata=metadata, lossy=doc["lossy"], writer=doc["writer"]
     )

@@ -3,15 +3,15 @@
 Two steps. :func:`plan_chunks` (pure) lays the groups of :func:`execution_order` out as chunks
 of at most ``max_chunk`` decoded bytes, splitting a too-large item into equal row blocks (all
 tensors of an item split at the same rows). :func:`pack` then fills one chunk buffer at a time
-with ``pread``, encodes it and appends it, so memory stays at a couple of chunks whatever the
-checkpoint's size, and the output appears at its path only when complete.
+with ``pread`` (converting or quantizing in small row slabs when asked), encodes it and appends
+it, so memory stays at a couple of chunks whatever the checkpoint's size, and the output
+appears at its path only when complete.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -23,19 +23,60 @@ import numpy as np
 
 from wstream import codecs, spec
 from wstream.errors import InputError, SourceError
-from wstream.manifest import CodecStep, Manifest, TensorEntry
+from wstream.manifest import CodecStep, Manifest, Quant, TensorEntry
 from wstream.model.schedule import GroupPlan, execution_order
+from wstream.quant import DEFAULT_GROUP, FLOATS, is_exact, n_groups, quantizable, quantize_int8
 from wstream.sources import CheckpointReader, SourceTensor, open_checkpoint
-from wstream.spec import CodecId
+from wstream.spec import CodecId, DType, QuantScheme
 from wstream.writer import ContainerWriter, align_up
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
+_SLAB_NBYTES = 4 << 20  # converted or quantized tensors are processed this many source bytes at a time
+_A = spec.TENSOR_ALIGNMENT
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """How one tensor is stored: its declared dtype, and an INT8 group if quantized."""
+
+    dtype: DType
+    group: int | None = None
+
+    def row_nbytes(self, t: SourceTensor) -> int:
+        """Stored bytes of one row (first-axis slice), scales included."""
+        cols = math.prod(t.shape[1:])
+        if self.group is not None:
+            return cols + n_groups(cols, self.group) * 4
+        return cols * self.dtype.itemsize
+
+    def regions(self, t: SourceTensor, rows: int) -> tuple[int, int]:
+        """(values bytes, scales bytes) of ``rows`` rows."""
+        cols = math.prod(t.shape[1:])
+        if self.group is not None:
+            return rows * cols, rows * n_groups(cols, self.group) * 4
+        return (rows * cols if t.shape else 1) * self.dtype.itemsize, 0
+
+
+def storage_plan(
+    tensors: Mapping[str, SourceTensor], *, dtype: DType | None = None, quantize: bool = False,
+    group: int = DEFAULT_GROUP,
+) -> dict[str, Storage]:
+    """Per tensor: floating-point tensors take ``dtype`` (None: keep), and with ``quantize``
+    the linear-layer matrices become INT8 (see :func:`wstream.quant.quantizable`)."""
+    out = {}
+    for name, t in tensors.items():
+        target = dtype if dtype is not None and t.dtype in FLOATS else t.dtype
+        if quantize and quantizable(name, t.dtype, t.shape):
+            out[name] = Storage(target, group)
+        else:
+            out[name] = Storage(target)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
 class PiecePlan:
     entry: TensorEntry  # as it will appear in the manifest
-    src_start: int  # first byte of the piece inside the source tensor
+    src_rows: tuple[int, int]  # rows of the source tensor (0, 1) for a 0-d tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +94,7 @@ class PackReport:
     bytes_in: int  # tensor bytes read from the source
     bytes_out: int  # size of the .wst file
     seconds: float
+    lossy: bool
     manifest: Manifest
 
     @property
@@ -60,21 +102,24 @@ class PackReport:
         return self.bytes_in / self.bytes_out if self.bytes_out else 1.0
 
 
+def _rows(t: SourceTensor) -> int:
+    return t.shape[0] if t.shape else 1
+
+
 def _units(
-    item: Sequence[SourceTensor], max_chunk: int
+    item: Sequence[SourceTensor], storage: Mapping[str, Storage], max_chunk: int
 ) -> list[list[tuple[SourceTensor, tuple[int, int] | None]]]:
     """Split one item into atomic units: the whole item, or blocks of rows taken together."""
-    slack = spec.TENSOR_ALIGNMENT * len(item)
-    total = sum(t.nbytes for t in item)
+    slack = 2 * _A * len(item)
+    total = sum(sum(storage[t.name].regions(t, _rows(t))) for t in item)
     if total + slack <= max_chunk:
         return [[(t, None) for t in item]]
     rows = {t.shape[0] if t.shape else None for t in item}
     if len(rows) != 1 or None in rows:
         names = ", ".join(t.name for t in item)
         raise SourceError(f"tensors {names} must share their first dimension to be split together")
-    (n_rows,) = rows
-    assert n_rows is not None
-    row_nbytes = sum(t.nbytes // n_rows for t in item)
+    n_rows = item[0].shape[0]
+    row_nbytes = sum(storage[t.name].row_nbytes(t) for t in item)
     if row_nbytes + slack > max_chunk:
         raise InputError(
             f"max_chunk: {max_chunk} bytes cannot hold one row ({row_nbytes} bytes) of "
@@ -91,55 +136,124 @@ def _units(
 
 
 def plan_chunks(
-    groups: Sequence[GroupPlan], tensors: Mapping[str, SourceTensor], max_chunk: int
+    groups: Sequence[GroupPlan],
+    tensors: Mapping[str, SourceTensor],
+    max_chunk: int,
+    storage: Mapping[str, Storage] | None = None,
 ) -> list[ChunkPlan]:
     """Lay out groups as chunks of at most ``max_chunk`` decoded bytes (a pure function)."""
     if not spec.MIN_MAX_CHUNK <= max_chunk <= spec.MAX_CHUNK_RAW_NBYTES:
         raise InputError(
             f"max_chunk: {max_chunk} is outside [{spec.MIN_MAX_CHUNK}, {spec.MAX_CHUNK_RAW_NBYTES}]"
         )
+    if storage is None:
+        storage = {n: Storage(t.dtype) for n, t in tensors.items()}
     out: list[ChunkPlan] = []
     for group in groups:
         chunks: list[list[PiecePlan]] = []
         current: list[PiecePlan] = []
         end = 0
         for item in group.items:
-            for unit in _units([tensors[n] for n in item], max_chunk):
-                size = sum(align_up(t.nbytes if r is None else _rows_nbytes(t, r), spec.TENSOR_ALIGNMENT) for t, r in unit)
+            for unit in _units([tensors[n] for n in item], storage, max_chunk):
+                size = 0
+                for t, rows in unit:
+                    values, scales = storage[t.name].regions(t, _span(t, rows))
+                    size += align_up(values, _A) + align_up(scales, _A)
                 if current and end + size > max_chunk:
                     chunks.append(current)
                     current, end = [], 0
                 for t, rows in unit:
-                    nbytes = t.nbytes if rows is None else _rows_nbytes(t, rows)
-                    start = 0 if rows is None else rows[0] * (t.nbytes // t.shape[0])
-                    entry = TensorEntry(t.name, t.dtype, t.shape, end, rows)
-                    current.append(PiecePlan(entry, start))
-                    end = align_up(end + nbytes, spec.TENSOR_ALIGNMENT)
+                    st = storage[t.name]
+                    values, scales = st.regions(t, _span(t, rows))
+                    quant = None
+                    if st.group is not None:
+                        quant = Quant(QuantScheme.INT8, st.group, align_up(end + values, _A))
+                    entry = TensorEntry(t.name, st.dtype, t.shape, end, rows, quant)
+                    current.append(PiecePlan(entry, rows or (0, _rows(t))))
+                    end = align_up(align_up(end + values, _A) + scales, _A)
         if current or not chunks:
             chunks.append(current)
         for k, pieces in enumerate(chunks):
             name = group.name if len(chunks) == 1 else f"{group.name}#{k}"
-            raw = max((p.entry.offset + p.entry.nbytes for p in pieces), default=0)
+            raw = max((_end(p.entry) for p in pieces), default=0)
             out.append(ChunkPlan(name, group.name, tuple(pieces), raw))
     return out
 
 
-def _rows_nbytes(t: SourceTensor, rows: tuple[int, int]) -> int:
-    return (rows[1] - rows[0]) * (t.nbytes // t.shape[0])
+def _span(t: SourceTensor, rows: tuple[int, int] | None) -> int:
+    return _rows(t) if rows is None else rows[1] - rows[0]
 
 
-def _fill(reader: CheckpointReader, plan: ChunkPlan, buf: np.ndarray) -> memoryview:
-    """Read a chunk's pieces into ``buf``; alignment gaps are zeroed so output is reproducible."""
-    view = memoryview(buf)[: plan.raw_nbytes]
-    end = 0
-    for p in plan.pieces:
-        if p.entry.offset > end:
-            buf[end : p.entry.offset] = 0
-        reader.read_into(
-            reader.checkpoint.tensors[p.entry.name], p.src_start, view[p.entry.offset : p.entry.offset + p.entry.nbytes]
+def _end(e: TensorEntry) -> int:
+    end = e.offset + e.nbytes
+    return max(end, e.quant.scales + e.scales_nbytes) if e.quant is not None else end
+
+
+class _Filler:
+    """Reads a chunk's pieces from the source into a buffer, converting where asked."""
+
+    def __init__(self, reader: CheckpointReader) -> None:
+        self.reader = reader
+        self.lossy = False
+        self.scratch = np.empty(0, np.uint8)
+
+    def __call__(self, plan: ChunkPlan, buf: np.ndarray) -> memoryview:
+        raw = buf[: plan.raw_nbytes]
+        regions = sorted(
+            [(p.entry.offset, p.entry.nbytes) for p in plan.pieces]
+            + [(p.entry.quant.scales, p.entry.scales_nbytes) for p in plan.pieces if p.entry.quant]
         )
-        end = p.entry.offset + p.entry.nbytes
-    return view
+        end = 0
+        for start, n in regions:  # zero the alignment gaps: packing is reproducible
+            raw[end:start] = 0
+            end = start + n
+        for p in plan.pieces:
+            src = self.reader.checkpoint.tensors[p.entry.name]
+            if p.entry.quant is None and p.entry.dtype is src.dtype:
+                row = src.nbytes // _rows(src) if src.nbytes else 0
+                a, b = p.src_rows
+                self.reader.read_into(src, a * row, memoryview(raw)[p.entry.offset : p.entry.offset + (b - a) * row])
+            else:
+                self._convert(src, p, raw)
+        return memoryview(raw)
+
+    def _convert(self, src: SourceTensor, p: PiecePlan, raw: np.ndarray) -> None:
+        e = p.entry
+        cols = math.prod(src.shape[1:])
+        row_src = cols * src.dtype.itemsize
+        step = max(1, _SLAB_NBYTES // max(row_src, 1))
+        a, b = p.src_rows
+        out_itemsize = e.stored_itemsize
+        for r in range(a, b, step):
+            n = min(step, b - a - (r - a))
+            if self.scratch.size < n * row_src:
+                self.scratch = np.empty(n * row_src, np.uint8)
+            chunk = self.scratch[: n * row_src]
+            self.reader.read_into(src, r * row_src, memoryview(chunk))
+            values = chunk.view(src.dtype.numpy).reshape((n, *src.shape[1:]) if src.shape else ())
+            at = e.offset + (r - a) * cols * out_itemsize
+            if e.quant is not None:
+                q = raw[at : at + n * cols].view(np.int8).reshape(n, cols)
+                groups = n_groups(cols, e.quant.group)
+                s_at = e.quant.scales + (r - a) * groups * 4
+                s = raw[s_at : s_at + n * groups * 4].view(np.float32).reshape(n, groups)
+                quantize_int8(values.reshape(n, cols), e.quant.group, q, s)
+                self.lossy = True
+            else:
+                dst = raw[at : at + values.size * out_itemsize].view(e.dtype.numpy)
+                converted = values.astype(e.dtype.numpy)  # round to nearest even
+                dst[...] = converted.reshape(-1)
+                if not self.lossy and not is_exact(values, converted):
+                    self.lossy = True
+
+
+def _group_size(plan: ChunkPlan) -> int:
+    """The element size that dominates a chunk's bytes: what byte grouping should use."""
+    by_size: dict[int, int] = {}
+    for p in plan.pieces:
+        by_size[p.entry.stored_itemsize] = by_size.get(p.entry.stored_itemsize, 0) + p.entry.nbytes
+    size = max(by_size, key=lambda k: by_size[k], default=1)
+    return size if size in spec.BYTEGROUP_SIZES else 0
 
 
 def pack(
@@ -147,61 +261,88 @@ def pack(
     dst: str | os.PathLike[str],
     *,
     codec: str = "raw",
-    level: int = 3,
+    level: int | None = None,
+    shuffle: bool = False,
+    quantize: str | None = None,
+    dtype: str = "keep",
     max_chunk: int = spec.DEFAULT_MAX_CHUNK,
     threads: int = 1,
     progress: ProgressFn | None = None,
 ) -> PackReport:
     """Convert a checkpoint (file or sharded directory) into ``dst``.
 
-    >>> pack("MiniCPM-V-2_6/", "minicpmv26.wst", codec="zstd")  # doctest: +SKIP
+    ``codec`` raw or zstd; ``level`` None picks the measured best (see codecs); ``shuffle``
+    groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
+    "keep", "bfloat16", "float16" or "float32" converts floating-point tensors.
+
+    >>> pack("MiniCPM-V-2_6/", "minicpmv26.wst", codec="zstd", shuffle=True)  # doctest: +SKIP
     """
     started = time.perf_counter()
     if codec not in ("raw", "zstd"):
         raise InputError(f"codec: {codec!r} is not one of 'raw', 'zstd'")
-    if not spec.MIN_ZSTD_LEVEL <= level <= spec.MAX_ZSTD_LEVEL:
+    if level is not None and not spec.MIN_ZSTD_LEVEL <= level <= spec.MAX_ZSTD_LEVEL:
         raise InputError(f"level: {level} is outside [{spec.MIN_ZSTD_LEVEL}, {spec.MAX_ZSTD_LEVEL}]")
+    if shuffle and codec != "zstd":
+        raise InputError("shuffle: byte grouping only helps a compressor; use it with codec 'zstd'")
+    if quantize not in (None, "int8"):
+        raise InputError(f"quantize: {quantize!r} is not 'int8'")
+    dtypes = {"keep": None, "bfloat16": DType.BF16, "float16": DType.F16, "float32": DType.F32}
+    if dtype not in dtypes:
+        raise InputError(f"dtype: {dtype!r} is not one of {', '.join(dtypes)}")
     if threads < 1:
         raise InputError(f"threads: {threads} must be at least 1")
-    pipeline = (CodecStep(CodecId.ZSTD, level),) if codec == "zstd" else ()
     ckpt = open_checkpoint(src)
-    plans = plan_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk)
+    storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
+    plans = plan_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
     largest = max((p.raw_nbytes for p in plans), default=0)
     dst = Path(dst)
     if dst.resolve() in {f.resolve() for f in ckpt.files}:
         raise InputError(f"output: {dst} is one of the source files")
 
-    # Two buffers: the reader fills one while the other is checksummed/encoded and written.
+    # Two buffers: the reader fills one while the other is encoded and written.
     buffers = [np.empty(largest, np.uint8), np.empty(largest, np.uint8)]
-    encode_threads = threads if threads > 1 else 0
     with CheckpointReader(ckpt) as reader, ContainerWriter(dst) as writer:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as pool:
+        fill = _Filler(reader)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as io, \
+                ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wstream-pack-zstd") as cpu:
             pending: Future[memoryview] | None = None
             if plans:
-                pending = pool.submit(_fill, reader, plans[0], buffers[0])
+                pending = io.submit(fill, plans[0], buffers[0])
             for i, plan in enumerate(plans):
                 assert pending is not None
                 raw = pending.result()
                 if i + 1 < len(plans):
-                    pending = pool.submit(_fill, reader, plans[i + 1], buffers[(i + 1) % 2])
-                stored = codecs.encode(pipeline, raw, encode_threads)
+                    pending = io.submit(fill, plans[i + 1], buffers[(i + 1) % 2])
+                pipeline: tuple[CodecStep, ...] = ()
+                if codec == "zstd":
+                    size = _group_size(plan) if shuffle else 0
+                    pipeline = ((CodecStep(CodecId.BYTEGROUP, size=size),) if size else ()) + (
+                        CodecStep(CodecId.ZSTD, level=level),
+                    )
+                stored, recorded = codecs.encode(pipeline, raw, executor=cpu if threads > 1 else None)
                 writer.add_chunk(
                     plan.name,
                     plan.group,
                     [p.entry for p in plan.pieces],
                     stored,
                     raw_nbytes=plan.raw_nbytes,
-                    codec=pipeline,
+                    codec=recorded,
                     crc32=zlib.crc32(stored),
                 )
                 if progress is not None:
-                    progress(sum(p.entry.nbytes for p in plan.pieces))
-        manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata)
+                    progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
+        manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)
     return PackReport(
         tensors=len(manifest.tensors),
         chunks=len(manifest.chunks),
         bytes_in=ckpt.nbytes,
         bytes_out=dst.stat().st_size,
         seconds=time.perf_counter() - started,
+        lossy=manifest.lossy,
         manifest=manifest,
     )
+
+
+def _src_nbytes(reader: CheckpointReader, p: PiecePlan) -> int:
+    t = reader.checkpoint.tensors[p.entry.name]
+    return t.nbytes * (p.src_rows[1] - p.src_rows[0]) // _rows(t) if t.nbytes else 0

@@ -15,20 +15,21 @@ cancels queued work, waits for running work, returns every lease and stops every
 
 from __future__ import annotations
 
+import math
 import mmap
 import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from wstream import codecs
 from wstream import errors as E
-from wstream.manifest import ChunkEntry
+from wstream.manifest import ChunkEntry, TensorEntry
 from wstream.pool import Lease, SlabPool
-from wstream.reader import Container, piece_views
+from wstream.reader import Container, dequantize_into, piece_views
 from wstream.spec import TENSOR_ALIGNMENT
 
 PAGE = mmap.PAGESIZE
@@ -44,15 +45,29 @@ def _widens(dtype: np.dtype) -> bool:
     return dtype.kind == "f" and dtype != np.float32 or dtype.name == "bfloat16"
 
 
+def _out_dtype(t: TensorEntry, widen: bool) -> np.dtype:
+    """What the consumer gets for a piece: float32 when widening floats, else its dtype."""
+    logical = t.dtype.numpy
+    if widen and (_widens(logical) or t.quant is not None):
+        return np.dtype(np.float32)
+    return logical
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """How one chunk is brought into memory, and what it charges the pool while in use."""
 
     chunk: ChunkEntry
-    zero_copy: bool  # raw and nothing to widen: views of the file mapping
-    out_nbytes: int  # slab 0: decoded (or widened) bytes handed to the consumer; 0 if zero-copy
-    temp_nbytes: int  # slab 1: decoded stored-dtype bytes, widened then returned early
-    out_offsets: tuple[int, ...]  # per piece, where its (widened) array starts in slab 0
+    zero_copy: bool  # raw and nothing to convert: views of the file mapping
+    out_nbytes: int  # slab 0: decoded (or converted) bytes handed to the consumer; 0 if zero-copy
+    temp_nbytes: int  # slab 1: decoded stored bytes, converted then returned early
+    out_offsets: tuple[int, ...]  # per piece, where its array starts in slab 0
+    out_dtypes: tuple[np.dtype, ...]  # per piece, the dtype handed out
+
+    @property
+    def converts(self) -> bool:
+        """Pieces are converted (widened or dequantized) into slab 0."""
+        return self.temp_nbytes > 0 or (self.chunk.is_raw and not self.zero_copy)
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -69,19 +84,18 @@ class Plan:
 
 
 def plan_chunk(chunk: ChunkEntry, widen: bool) -> Plan:
-    dtypes = [t.dtype.numpy for t in chunk.tensors]
-    widening = widen and any(_widens(d) for d in dtypes)
-    if not widening:
+    dtypes = tuple(_out_dtype(t, widen) for t in chunk.tensors)
+    same = tuple(t.offset for t in chunk.tensors)
+    if all(t.quant is None and d == t.dtype.numpy for t, d in zip(chunk.tensors, dtypes)):
         if chunk.is_raw:
-            return Plan(chunk, True, 0, 0, tuple(t.offset for t in chunk.tensors))
-        return Plan(chunk, False, chunk.raw_nbytes, 0, tuple(t.offset for t in chunk.tensors))
+            return Plan(chunk, True, 0, 0, same, dtypes)
+        return Plan(chunk, False, chunk.raw_nbytes, 0, same, dtypes)
     offsets, end = [], 0
     for t, d in zip(chunk.tensors, dtypes):
         offsets.append(end)
-        itemsize = 4 if _widens(d) else d.itemsize
-        end += -(-(t.nbytes // max(d.itemsize, 1) * itemsize) // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
+        end += -(-(math.prod(t.piece_shape) * d.itemsize) // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
     temp = 0 if chunk.is_raw else chunk.raw_nbytes
-    return Plan(chunk, False, end, temp, tuple(offsets))
+    return Plan(chunk, False, end, temp, tuple(offsets), dtypes)
 
 
 @dataclass
@@ -103,8 +117,11 @@ def load_chunk(
     *,
     verify: bool,
     stored: Callable[[ChunkEntry], memoryview] | None = None,
+    helper: Executor | None = None,
 ) -> Loaded:
-    """The worker's job: read (and check), decode and widen one chunk into its lease."""
+    """The worker's job: read (and check), decode and convert one chunk into its lease.
+
+    ``helper`` (a thread that never waits on anything) decodes half of a multi-frame chunk."""
     chunk = plan.chunk
     t0 = time.perf_counter()
     src = (stored or container.stored)(chunk)
@@ -118,28 +135,34 @@ def load_chunk(
     if plan.zero_copy:
         data = np.frombuffer(src, np.uint8)
         return Loaded(plan, lease, piece_views(chunk, data), t1 - t0, 0.0)
-    decoded = lease.array(1) if plan.temp_nbytes else (None if chunk.is_raw else lease.array(0))
-    if decoded is not None:
+    if chunk.is_raw:
+        decoded = np.frombuffer(src, np.uint8)
+    else:
+        decoded = lease.array(1) if plan.temp_nbytes else lease.array(0)
         try:
-            codecs.decode_into(chunk.codec, src, memoryview(decoded))
+            codecs.decode_into(chunk.codec, src, memoryview(decoded), executor=helper)
         except E.FormatError as exc:
             raise type(exc)(f"chunk {chunk.name!r}: {exc}") from None
-        src_arrays = piece_views(chunk, decoded)
-    else:
-        src_arrays = piece_views(chunk, np.frombuffer(src, np.uint8))
-    if plan.temp_nbytes or chunk.is_raw and plan.out_nbytes:
+    stored_arrays = piece_views(chunk, decoded)
+    if plan.converts:
         out = lease.array(0)
         arrays = []
-        for a, off in zip(src_arrays, plan.out_offsets):
-            dtype = np.dtype(np.float32) if _widens(a.dtype) else a.dtype
+        for t, a, off, dtype in zip(chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes):
             dst = out[off : off + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
-            np.copyto(dst, a, casting="unsafe")  # exact: every bf16/f16 value is a float32
+            if t.quant is None:
+                np.copyto(dst, a, casting="unsafe")  # exact: every bf16/f16 value is a float32
+            elif dtype == np.float32:
+                dequantize_into(t, decoded, dst)
+            else:  # dequantize, then round to the declared dtype (stream without widening)
+                values = np.empty(a.shape, np.float32)
+                dequantize_into(t, decoded, values)
+                np.copyto(dst, values, casting="unsafe")
             arrays.append(dst)
         if plan.temp_nbytes:
             pool.return_early(lease, slab=1)
     else:
-        arrays = src_arrays
-    del src_arrays, src
+        arrays = stored_arrays
+    del stored_arrays, decoded, src
     # The stored bytes are consumed: drop their pages now rather than at release.
     container.drop_pages(chunk)
     pool.return_early(lease, mapped=lease.mapped)
@@ -248,6 +271,12 @@ class ChunkStream(Iterator[StreamChunk]):
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="wstream-prefetch"
         )
+        # Decodes the second half of a multi-frame chunk while a worker does the first, so one
+        # large chunk (the first one, or any with prefetch 0) also gets two threads.
+        self._helper: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="wstream-prefetch-frames")
+            if workers > 1 else None
+        )
         self._futures: dict[int, Future[Loaded]] = {}
         self._leases: dict[int, Lease] = {}
         self._keeping: set[int] = set()
@@ -337,7 +366,7 @@ class ChunkStream(Iterator[StreamChunk]):
                 self._keeping.add(i)
             self._futures[i] = self._executor.submit(
                 load_chunk, self.container, plan, lease, self.pool, verify=self.verify,
-                stored=self._stored,
+                stored=self._stored, helper=self._helper,
             )
             self._next_submit += 1
 
@@ -372,7 +401,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self.stats.chunks += 1
         self.stats.bytes_read += chunk.nbytes
         self.stats.bytes_decoded += 0 if chunk.is_raw else chunk.raw_nbytes
-        self.stats.bytes_widened += plan.out_nbytes if plan.temp_nbytes or chunk.is_raw else 0
+        self.stats.bytes_widened += plan.out_nbytes if plan.converts else 0
         self.stats.read_seconds += loaded.read_seconds
         self.stats.decode_seconds += loaded.decode_seconds
         self._next_yield += 1
@@ -412,6 +441,9 @@ class ChunkStream(Iterator[StreamChunk]):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+        if self._helper is not None:
+            self._helper.shutdown(wait=True, cancel_futures=True)
+            self._helper = None
         for i, lease in self._leases.items():
             if i in self._futures and self.plans[i].zero_copy:
                 self.container.drop_pages(self.plans[i].chunk)

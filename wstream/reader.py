@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from wstream import codecs, spec
+from wstream.quant import dequantize_int8
 from wstream import errors as E
 from wstream.manifest import ChunkEntry, Manifest, TensorEntry, parse_manifest, parse_preamble
 
@@ -31,21 +32,38 @@ def _pread_exact(fd: int, n: int, offset: int, what: str) -> bytes:
 
 
 def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndarray]:
-    """numpy views of each tensor piece of a decoded chunk, in manifest order."""
+    """numpy views of each tensor piece's stored values in a decoded chunk, in manifest order
+    (the int8 values of a quantized piece: see :func:`dequantize_into`)."""
     raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
     out = []
     for t in chunk.tensors:
-        view = raw[t.offset : t.offset + t.nbytes].view(t.dtype.numpy)
+        dtype = np.dtype(np.int8) if t.quant is not None else t.dtype.numpy
+        view = raw[t.offset : t.offset + t.nbytes].view(dtype)
         out.append(view.reshape(t.piece_shape))
     return out
 
 
-def _place(out: np.ndarray, entry: TensorEntry, data: np.ndarray) -> None:
+def dequantize_into(entry: TensorEntry, raw: np.ndarray, out: np.ndarray) -> None:
+    """The float32 values [piece_shape] of a quantized piece of decoded chunk ``raw``."""
+    assert entry.quant is not None
+    q = raw[entry.offset : entry.offset + entry.nbytes].view(np.int8).reshape(entry.piece_shape)
+    at = entry.quant.scales
+    scales = raw[at : at + entry.scales_nbytes].view(np.float32).reshape(entry.scales_shape)
+    dequantize_int8(q, scales, entry.quant.group, out)
+
+
+def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
     """Copy one decoded piece into its rows of the whole tensor ``out``."""
+    if entry.quant is not None:
+        values = np.empty(entry.piece_shape, np.float32)
+        dequantize_into(entry, raw, values)
+        start = entry.rows[0] if entry.rows else 0
+        out[start : start + values.shape[0]] = values  # rounds to the declared dtype (RNE)
+        return
     flat = out.reshape(-1).view(np.uint8)
     row_nbytes = flat.nbytes // out.shape[0] if out.ndim and out.shape[0] else 0
     start = entry.rows[0] * row_nbytes if entry.rows else 0
-    flat[start : start + entry.nbytes] = data[entry.offset : entry.offset + entry.nbytes]
+    flat[start : start + entry.nbytes] = raw[entry.offset : entry.offset + entry.nbytes]
 
 
 class Container:

@@ -102,4 +102,17 @@ _FROM_NUMPY: dict[np.dtype, DType] = {v: k for k, v in _NUMPY.items()}
 class CodecId(enum.StrEnum):
     """Codec step ids of a chunk's pipeline (applied in list order when encoding)."""
 
-    ZSTD = "zstd"
+    BYTEGROUP = "bytegroup"  # byte j of every element into plane j (a bijection; size 2/4/8)
+    ZSTD = "zstd"  # one or more zstd frames
+
+
+class QuantScheme(enum.StrEnum):
+    """How a tensor's values are stored when they are not stored in their dtype."""
+
+    INT8 = "int8"  # symmetric, int8 values + one float32 scale per group of a row
+
+
+MAX_PIPELINE_STEPS = 2  # [bytegroup], [zstd] or [bytegroup, zstd]
+BYTEGROUP_SIZES = (2, 4, 8)
+MAX_FRAMES_PER_CHUNK = 1 << 16
+MAX_QUANT_GROUP = 1 << 20

@@ -16,7 +16,7 @@ import numpy as np
 
 from wstream.atomic import AtomicFile
 from wstream.errors import LossyUnpack
-from wstream.reader import Container
+from wstream.reader import Container, dequantize_into
 
 
 def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:
@@ -63,7 +63,13 @@ def unpack(
                     info = infos[e.name]
                     row_nbytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
                     at = offsets[e.name] + (e.rows[0] * row_nbytes if e.rows else 0)
-                    out.pwrite_all(np.ascontiguousarray(data[e.offset : e.offset + e.nbytes]), at)
+                    if e.quant is not None:
+                        values = np.empty(e.piece_shape, np.float32)
+                        dequantize_into(e, data, values)
+                        piece = values.astype(e.dtype.numpy)  # round to nearest even
+                    else:
+                        piece = np.ascontiguousarray(data[e.offset : e.offset + e.nbytes])
+                    out.pwrite_all(piece.reshape(-1).view(np.uint8), at)
                 del data
                 c.drop_pages(chunk)
             out.commit()

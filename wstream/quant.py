@@ -1,0 +1,91 @@
+"""Lossy storage transforms applied at pack time: INT8 weight quantization and dtype conversion.
+
+INT8 is symmetric, one float32 scale per group of ``group`` consecutive elements of a row
+(``scale = max|w| / 127``, ``q = round(w / scale)``), so every element's error is at most
+``scale / 2``. Groups of 128 measured about half the worst-case error of one scale per output
+channel on real trained weights (all-MiniLM-L6-v2: max relative error 0.0094 vs 0.021) for
+3 % more bytes; a row block of the matrix carries its own rows' scales, so row splitting needs
+nothing special.
+
+Which tensors are quantized (:func:`quantizable`): 2-D floating-point matrices that are not
+embeddings or learned queries, i.e. the linear layers. Norms, biases, embeddings and
+convolution kernels keep their dtype.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from wstream.spec import DType
+
+INT8_MAX = 127
+DEFAULT_GROUP = 128
+_NOT_LINEAR = re.compile(r"(embed|query|queries)", re.IGNORECASE)
+FLOATS = (DType.F16, DType.BF16, DType.F32, DType.F64)
+
+
+def quantizable(name: str, dtype: DType, shape: tuple[int, ...]) -> bool:
+    """True for the tensors ``pack --quantize int8`` stores as INT8: linear-layer matrices."""
+    return dtype in FLOATS and len(shape) == 2 and min(shape) > 0 and not _NOT_LINEAR.search(name)
+
+
+def n_groups(cols: int, group: int) -> int:
+    return -(-cols // group)
+
+
+def quantize_int8(w: np.ndarray, group: int, q_out: np.ndarray, s_out: np.ndarray) -> None:
+    """Quantize ``w`` [rows, cols] into ``q_out`` int8 [rows, cols] and ``s_out`` f32
+    [rows, n_groups(cols, group)]."""
+    rows, cols = w.shape
+    g = n_groups(cols, group)
+    if cols % group:
+        padded = np.zeros((rows, g * group), np.float32)  # the last group is partial
+        padded[:, :cols] = w
+    else:
+        padded = np.asarray(w, dtype=np.float32)
+    blocks = padded.reshape(rows, g, group)  # [rows, g, group]
+    scale = np.abs(blocks).max(axis=2) / np.float32(INT8_MAX)  # [rows, g]
+    # An all-zero group (or one of only NaN/inf) gets scale 1 so it stays finite and exact.
+    scale[~np.isfinite(scale) | (scale == 0)] = 1.0
+    s_out[...] = scale
+    # Divide in float64 by the float32 scale actually stored: q is then the integer nearest
+    # to w / scale exactly, so |q * scale - w| <= scale / 2 holds without rounding slack.
+    q = np.rint(blocks / scale[:, :, None].astype(np.float64))  # [rows, g, group]
+    np.clip(q, -INT8_MAX, INT8_MAX, out=q)
+    q_out[...] = q.reshape(rows, g * group)[:, :cols]
+
+
+_DEQUANT_ROWS = 256  # rows per pass: keeps the cast's output in cache for the multiply
+
+
+def dequantize_int8(q: np.ndarray, scales: np.ndarray, group: int, out: np.ndarray) -> None:
+    """``out`` f32 [rows, cols] = ``q`` int8 [rows, cols] x its group's scale.
+
+    Two passes over cache-sized row blocks (cast, then scale in place) measured 1.1 Gelem/s
+    against 0.8 for numpy's mixed-type multiply in one pass."""
+    rows, cols = q.shape
+    full = cols // group * group
+    g = full // group
+    for r in range(0, rows, _DEQUANT_ROWS):
+        o = out[r : r + _DEQUANT_ROWS]  # [R, cols]
+        np.copyto(o, q[r : r + _DEQUANT_ROWS], casting="unsafe")
+        s = scales[r : r + _DEQUANT_ROWS]  # [R, n_groups]
+        if full:
+            head = o[:, :full].reshape(o.shape[0], g, group)  # [R, g, group]
+            np.multiply(head, s[:, :g, None], out=head)
+        if full < cols:
+            np.multiply(o[:, full:], s[:, -1:], out=o[:, full:])
+
+
+def convert(values: np.ndarray, dtype: DType) -> np.ndarray:
+    """``values`` in ``dtype``, rounding to nearest even (numpy and ml_dtypes casts do)."""
+    return values.astype(dtype.numpy)
+
+
+def is_exact(original: np.ndarray, converted: np.ndarray) -> bool:
+    """True when the conversion lost nothing: converting back gives the same bytes."""
+    back = converted.astype(original.dtype)
+    return bool(back.tobytes() == original.tobytes())
+
