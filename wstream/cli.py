@@ -316,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `wstream info x.wst | head`: the reader left; that is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (WStreamError, OSError) as exc:
         name = type(exc).__name__
         msg = exc.strerror + f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
@@ -324,9 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"wstream {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `wstream info x.wst | head`: the reader left; that is fine
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":
