@@ -137,7 +137,8 @@ class StreamingLoader(ContainerIndex):
         self.widen = widen
         self.verify = verify
         self.pool = SlabPool(budget, timeout=timeout, poison=poison)
-        self.stats = StreamStats()
+        self.stats = StreamStats()  # all streams, summed
+        self.history: list[StreamStats] = []  # each stream's own, in the order they closed
         self.resident: Resident = {}
         self.resident_bytes = 0
         self._stored = stored  # fault-injection hook: how a worker gets a chunk's stored bytes
@@ -202,8 +203,12 @@ class StreamingLoader(ContainerIndex):
             resident=self.resident,
             keep=self._keeper(order, repeat),
             stored=self._stored,
-            on_close=self.stats.add,
+            on_close=self._closed_stream,
         )
+
+    def _closed_stream(self, stats: StreamStats) -> None:
+        self.stats.add(stats)
+        self.history.append(stats)
 
     def warm(self, chunks: Sequence[str]) -> None:
         """Start loading the first chunks of ``chunks`` in the background and return at once.

@@ -254,16 +254,39 @@ def _reject_constant(name: str) -> Any:
     raise E.ManifestSyntaxError(f"manifest: {name} is not allowed (strict JSON only)")
 
 
+def _reject_overflow(literal: str) -> float:
+    value = float(literal)
+    if math.isinf(value):
+        raise E.ManifestSyntaxError(f"manifest: number {literal[:40]!r} overflows binary64")
+    return value
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a \u escape of an unpaired surrogate
+        return False
+    return True
+
+
 def _check_depth(doc: Any) -> None:
+    """Depth of every value (LimitExceeded), then every string and member name must be text."""
     stack: list[tuple[Any, int]] = [(doc, 1)]
+    bad: str | None = None
     while stack:
         node, depth = stack.pop()
         if depth > spec.MAX_JSON_DEPTH:
             raise E.LimitExceeded(f"manifest: nesting depth exceeds {spec.MAX_JSON_DEPTH}")
         if isinstance(node, dict):
+            if bad is None:
+                bad = next((k for k in node if not _is_text(k)), None)
             stack.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
             stack.extend((v, depth + 1) for v in node)
+        elif isinstance(node, str) and bad is None and not _is_text(node):
+            bad = node
+    if bad is not None:
+        raise E.ManifestSchemaError(f"manifest: string {bad[:40]!r} contains an unpaired surrogate")
 
 
 def _decode_json(data: bytes) -> Any:
@@ -273,7 +296,10 @@ def _decode_json(data: bytes) -> Any:
         raise E.ManifestSyntaxError(f"manifest: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         doc = json.loads(
-            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_float=_reject_overflow,
         )
     except RecursionError:
         raise E.LimitExceeded(f"manifest: nesting depth exceeds {spec.MAX_JSON_DEPTH}") from None

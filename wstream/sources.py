@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from wstream.errors import SourceError
-from wstream.spec import DType
+from wstream.spec import MAX_NAME_BYTES, MAX_NDIM, DType
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # safetensors' own limit
 INDEX_NAME = "model.safetensors.index.json"
@@ -44,6 +44,22 @@ class Checkpoint:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Every string in ``value`` must be encodable as UTF-8 (JSON allows lone surrogates)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceError(f"{where}: contains a lone surrogate (not valid Unicode text)") from None
+
+
+def _check_name(name: str, where: str) -> None:
+    """A tensor name the container can hold: valid Unicode of 1..MAX_NAME_BYTES UTF-8 bytes."""
+    _check_text(name, where)
+    size = len(name.encode("utf-8"))
+    if not 1 <= size <= MAX_NAME_BYTES:
+        raise SourceError(f"{where}: name of {size} bytes is outside [1, {MAX_NAME_BYTES}]")
 
 
 def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
@@ -74,11 +90,13 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise SourceError(f"{path}: __metadata__ must map strings to strings")
+    _check_text(metadata, f"{path}: __metadata__")
     data_start = 8 + n
     data_size = size - data_start
     tensors: list[SourceTensor] = []
     for name, info in header.items():
         where = f"{path}: tensor {name!r}"
+        _check_name(name, where)
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise SourceError(f"{where}: expected fields dtype, shape, data_offsets")
         try:
@@ -88,6 +106,8 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
         shape, offs = info["shape"], info["data_offsets"]
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise SourceError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+        if len(shape) > MAX_NDIM:
+            raise SourceError(f"{where}: shape has {len(shape)} dimensions; at most {MAX_NDIM}")
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
             raise SourceError(f"{where}: data_offsets {offs!r} is not [begin, end]")
         begin, end = offs
@@ -182,6 +202,8 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     config = _read_json(config_path) if config_path.is_file() else None
     if config is not None and not isinstance(config, dict):
         raise SourceError(f"{config_path}: expected a JSON object")
+    if config is not None:
+        _check_text(config, str(config_path))
     return Checkpoint(tensors, config, metadata, tuple(paths))
 
 

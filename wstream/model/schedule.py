@@ -132,7 +132,8 @@ _INDEX_RE = re.compile(r"^(.*?)\.(\d+)\.")
 
 
 def _natural_key(name: str) -> list[object]:
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", name)]
+    # isdecimal, not isdigit: "²" is a digit but not decimal; \d (and int()) take decimals only.
+    return [int(tok) if tok.isdecimal() else tok for tok in re.split(r"(\d+)", name)]
 
 
 def _generic_plans(names: set[str]) -> list[GroupPlan]:

@@ -15,7 +15,7 @@ its slab, and tests poison released slabs to prove the forward never does).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,7 +61,7 @@ class WeightSource(Protocol):
 
     def pieces_of(self, chunk: str) -> Sequence[Piece]: ...
 
-    def stream(self, chunks: Sequence[str]) -> Iterator[LoadedChunk]: ...
+    def stream(self, chunks: Sequence[str], *, repeat: bool = False) -> Iterator[LoadedChunk]: ...
 
 
 class GroupCursor:
@@ -97,18 +97,26 @@ class GroupCursor:
         self._pos = 0
         return True
 
-    def _take(self, name: str) -> tuple[Piece, np.ndarray]:
-        """The next piece of ``name`` at or after the cursor, moving the cursor past it."""
+    def _find(self, name: str) -> tuple[Piece, np.ndarray] | None:
+        """The next piece of ``name`` at or after the cursor, moving the cursor past it; None when
+        the group's chunks run out first."""
         while True:
             for i in range(self._pos, len(self._pieces)):
                 if self._pieces[i].name == name:
                     self._pos = i + 1
                     return self._pieces[i], self._arrays[i]
             if not self._advance():
-                raise OrderError(
-                    f"group {self.group!r}: tensor {name!r} is not ahead of the cursor "
-                    "(asked for out of file order, or absent)"
-                )
+                return None
+
+    def _take(self, name: str) -> tuple[Piece, np.ndarray]:
+        """The next piece of ``name`` at or after the cursor, moving the cursor past it."""
+        found = self._find(name)
+        if found is None:
+            raise OrderError(
+                f"group {self.group!r}: tensor {name!r} is not ahead of the cursor "
+                "(asked for out of file order, or absent)"
+            )
+        return found
 
     def tensor(self, local: str) -> np.ndarray:
         """A whole tensor as float32. [*shape]"""
@@ -119,16 +127,27 @@ class GroupCursor:
             )
         return array
 
-    def blocks(self, *locals_: str) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+    def blocks(
+        self, *locals_: str, partial: bool = False
+    ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
         """Row blocks of tensors split together: yields (start, stop, (array, ...)).
 
         All named tensors must share their row count; blocks arrive in row order and cover every
         row exactly once. The arrays of one block are valid until the next block is requested.
+        With ``partial`` (the walk streams only some of the group's chunks, e.g. the embedding
+        rows a prompt needs) the blocks that arrive may leave gaps; iteration ends when the
+        group's chunks run out.
         """
         names = [self.prefix + n for n in locals_]
         done = 0
         while True:
-            taken = [self._take(n) for n in names]
+            if partial:
+                head = self._find(names[0])
+                if head is None:
+                    return
+                taken = [head] + [self._take(n) for n in names[1:]]
+            else:
+                taken = [self._take(n) for n in names]
             first = taken[0][0]
             total = first.shape[0] if first.shape else 1
             start, stop = first.rows if first.rows is not None else (0, total)
@@ -139,7 +158,7 @@ class GroupCursor:
                         f"{piece.name!r} rows {rows} do not match {first.name!r} rows "
                         f"{(start, stop)}: they must be split together"
                     )
-            if start != done:
+            if start < done or (start != done and not partial):
                 raise OrderError(f"{first.name!r}: block starts at row {start}, expected {done}")
             yield start, stop, tuple(a for _, a in taken)
             done = stop
@@ -155,16 +174,20 @@ class GroupCursor:
 
 
 def walk(
-    source: WeightSource, groups: Sequence[tuple[str, str, Sequence[str] | None]]
-) -> Iterator[GroupCursor]:
+    source: WeightSource,
+    groups: Sequence[tuple[str, str, Sequence[str] | None]],
+    *,
+    repeat: bool = False,
+) -> Generator[GroupCursor, None, None]:
     """Stream several groups in one go, so prefetching runs across group boundaries.
 
     ``groups`` lists (group name, prefix, chunk subset or None for all of the group's chunks).
     Each cursor is closed (its last chunk released) when the next one is produced or when the
-    walk ends, even on error.
+    walk ends, even on error. ``repeat`` tells the source this walk comes back (the decode loop),
+    so it may keep some chunks resident.
     """
     plan = [(g, p, list(source.chunks_of(g)) if c is None else list(c)) for g, p, c in groups]
-    stream = source.stream([c for _, _, cs in plan for c in cs])
+    stream = source.stream([c for _, _, cs in plan for c in cs], repeat=repeat)
     cursor: GroupCursor | None = None
     try:
         for group, prefix, chunk_names in plan:

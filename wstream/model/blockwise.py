@@ -1,0 +1,100 @@
+"""The few ways the forward consumes a weight, each written for row blocks.
+
+A tensor larger than the pack's ``--max-chunk`` reaches the forward as blocks of rows, one chunk
+at a time (see :meth:`GroupCursor.blocks`); a smaller one is a single block covering all rows.
+Every helper here iterates blocks, so one code path serves both, and uses each block at once:
+a block's arrays are only valid until the next block is asked for. Names are local names inside
+the cursor's group (``"self_attn.q_proj.weight"``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wstream.model.ops import normalize, rms_normalize, silu
+from wstream.model.weights import GroupCursor
+
+
+def _assemble(parts: list[np.ndarray]) -> np.ndarray:
+    """Column blocks [T, r1-r0] in row order -> [T, rows] (no copy when there is one block)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
+
+def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None) -> np.ndarray:
+    """y = x @ W.T + b with W [out, in...] (torch layout; a conv kernel is flattened). [T, out]"""
+    names = (weight,) if bias is None else (weight, bias)
+    parts = []
+    for r0, r1, arrays in cur.blocks(*names):
+        w = arrays[0].reshape(r1 - r0, -1)  # [rows, in]
+        y = x @ w.T  # [T, in] @ [in, rows] -> [T, rows]
+        if bias is not None:
+            y += arrays[1]  # [rows]
+        parts.append(y)
+    return _assemble(parts)
+
+
+def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:
+    """silu(x @ G.T) * (x @ U.T): gate and up are split into the same row blocks. [T, inter]"""
+    parts = []
+    for _, _, (g, u) in cur.blocks(gate, up):
+        parts.append(silu(x @ g.T) * (x @ u.T))  # [T, rows]
+    return _assemble(parts)
+
+
+def scale_shift(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None) -> np.ndarray:
+    """x * w (+ b) per feature: a norm's affine part; a 1-D weight's "rows" are features. [T, d]"""
+    names = (weight,) if bias is None else (weight, bias)
+    out = np.empty_like(x)
+    for r0, r1, arrays in cur.blocks(*names):
+        out[:, r0:r1] = x[:, r0:r1] * arrays[0]  # [T, rows]
+        if bias is not None:
+            out[:, r0:r1] += arrays[1]
+    return out
+
+
+def layer_norm(x: np.ndarray, cur: GroupCursor, prefix: str, eps: float) -> np.ndarray:
+    """LayerNorm with ``<prefix>weight`` and ``<prefix>bias``. [T, d] -> [T, d]"""
+    return scale_shift(normalize(x, eps), cur, prefix + "weight", prefix + "bias")
+
+
+def rms_norm(x: np.ndarray, cur: GroupCursor, weight: str, eps: float) -> np.ndarray:
+    """RMSNorm with a scale and no bias. [T, d] -> [T, d]"""
+    return scale_shift(rms_normalize(x, eps), cur, weight, None)
+
+
+def matmul_in_rows(x: np.ndarray, cur: GroupCursor, name: str) -> np.ndarray:
+    """x @ M for M [in, out] stored untransposed: a block of rows is a slice of the *input* dim,
+    so blocks contribute partial products that are summed. [T, in] -> [T, out]"""
+    acc: np.ndarray | None = None
+    for r0, r1, (m,) in cur.blocks(name):
+        part = x[:, r0:r1] @ m  # [T, rows] @ [rows, out] -> [T, out]
+        if acc is None:
+            acc = part
+        else:
+            acc += part
+    assert acc is not None  # blocks() yields at least one block or raises
+    return acc
+
+
+def gather_rows(
+    ids: np.ndarray, cur: GroupCursor, name: str, width: int, *, partial: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``ids`` of a [rows, width] table (embeddings, positions): (rows [N, width], found [N]).
+
+    With ``partial`` the walk streamed only the chunks holding some rows; the caller checks
+    ``found`` for the ones it needed.
+    """
+    out = np.zeros((len(ids), width), dtype=np.float32)  # [N, width]
+    found = np.zeros(len(ids), dtype=bool)  # [N]
+    for r0, r1, (table,) in cur.blocks(name, partial=partial):
+        hit = (ids >= r0) & (ids < r1)  # [N]
+        out[hit] = table[ids[hit] - r0]  # [n_hit, width]
+        found |= hit
+    return out, found
+
+
+def read_rows(cur: GroupCursor, name: str) -> np.ndarray:
+    """A whole tensor copied out of its blocks, for a small one that must outlive its chunk
+    (e.g. the resampler's learned queries, normalised by weights that come later). [rows, ...]"""
+    parts = [arrays[0].copy() for _, _, arrays in cur.blocks(name)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)

@@ -1,0 +1,173 @@
+"""Numpy primitives of MiniCPM-V 2.6: pure functions over float32 arrays, no weights, no I/O.
+
+Conventions: a sequence of T tokens of width d is ``[T, d]``; per-head tensors are
+``[heads, T, head_dim]``. Everything is float32 except integer ids.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+F32 = np.float32
+SCORES_BUDGET = 256 << 20  # bytes of attention scores computed at once (bounds [H, Tq, Tk])
+
+
+def normalize(x: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm without its affine part: zero mean, unit (biased) variance per row. [T, d]"""
+    mean = x.mean(axis=-1, keepdims=True)  # [T, 1]
+    centered = x - mean  # [T, d]
+    var = np.mean(centered * centered, axis=-1, keepdims=True)  # [T, 1]
+    out: np.ndarray = centered * (1.0 / np.sqrt(var + F32(eps)))  # [T, d]
+    return out
+
+
+def rms_normalize(x: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm without its scale: x / sqrt(mean(x^2) + eps) per row. [T, d]"""
+    ms = np.mean(x * x, axis=-1, keepdims=True)  # [T, 1]
+    out: np.ndarray = x * (1.0 / np.sqrt(ms + F32(eps)))  # [T, d]
+    return out
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (torch's gelu_pytorch_tanh)."""
+    c = F32(math.sqrt(2.0 / math.pi))
+    out: np.ndarray = F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
+    return out
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x); sigmoid via tanh, which cannot overflow the way exp(-x) does."""
+    out: np.ndarray = x * (F32(0.5) + F32(0.5) * np.tanh(F32(0.5) * x))
+    return out
+
+
+def softmax(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """Softmax over the last axis (``inplace`` overwrites x: attention scores are the largest
+    temporaries of the forward). Rows that are all -inf would be NaN, and never occur here."""
+    out = x if inplace else x.copy()
+    out -= out.max(axis=-1, keepdims=True)
+    np.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
+
+
+def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
+    """[T, heads*hd] -> [heads, T, hd] (contiguous, so the batched matmuls below run on BLAS)."""
+    t, d = x.shape
+    return np.ascontiguousarray(x.reshape(t, heads, d // heads).transpose(1, 0, 2))
+
+
+def merge_heads(x: np.ndarray) -> np.ndarray:
+    """[heads, T, hd] -> [T, heads*hd]"""
+    h, t, hd = x.shape
+    return np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(t, h * hd)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = False) -> np.ndarray:
+    """Scaled dot-product attention with grouped key/value heads (GQA).
+
+    q [H, Tq, hd]; k, v [Hkv, Tk, hd] with H a multiple of Hkv; query head h reads key/value head
+    h // (H // Hkv), as HF's repeat_kv. With ``causal`` the queries are the last Tq positions of
+    the Tk keys and each sees only keys at or before its own position. Returns [H, Tq, hd].
+    """
+    n_heads, tq, hd = q.shape
+    n_kv, tk, _ = k.shape
+    group = n_heads // n_kv
+    # The query heads sharing one K/V head are stacked along the rows, so one matmul per K/V
+    # head serves them all and K/V are never repeated in memory.
+    qg = (q * F32(1.0 / math.sqrt(hd))).reshape(n_kv, group * tq, hd)  # [Hkv, G*Tq, hd]
+    masked = None
+    if causal:
+        pos = np.arange(tq) + (tk - tq)  # absolute position of each query  [Tq]
+        masked = np.tile(np.arange(tk)[None, :] > pos[:, None], (group, 1))  # [G*Tq, Tk]
+    out = np.empty_like(qg)  # [Hkv, G*Tq, hd]
+    step = max(1, SCORES_BUDGET // (group * tq * tk * 4))  # K/V heads per batch of scores
+    for h0 in range(0, n_kv, step):
+        h1 = min(h0 + step, n_kv)
+        # K^T made contiguous: numpy's batched matmul runs ~3x slower on a transposed view.
+        kt = np.ascontiguousarray(k[h0:h1].transpose(0, 2, 1))  # [n, hd, Tk]
+        scores = qg[h0:h1] @ kt  # [n, G*Tq, Tk]
+        if masked is not None:
+            scores[:, masked] = -np.inf
+        out[h0:h1] = softmax(scores, inplace=True) @ v[h0:h1]  # [n, G*Tq, hd]
+    return out.reshape(n_heads, tq, hd)
+
+
+def rope_tables(
+    positions: np.ndarray, head_dim: int, theta: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of RoPE angles pos * theta^(-2i/head_dim), i < head_dim/2. Each [T, hd/2]
+
+    Angles are formed in float64 (positions reach 1e5; float32 would lose the low digits).
+    """
+    inv_freq = theta ** -(np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # [hd/2]
+    angles = positions.astype(np.float64)[:, None] * inv_freq[None, :]  # [T, hd/2]
+    return np.cos(angles).astype(F32), np.sin(angles).astype(F32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half (NeoX / HF) RoPE: pairs are (i, i + hd/2). x [H, T, hd] -> [H, T, hd]"""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # [H, T, hd/2] each
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> np.ndarray:
+    """MAE-style 2D sin-cos position embedding over an h x w grid, row-major. [h*w, dim]
+
+    The first dim/2 channels encode the column, the last dim/2 the row; each half is
+    [sin(p*omega), cos(p*omega)] with omega_i = 10000^(-i/(dim/4)) (MiniCPM-V's resampler).
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)  # [dim/4]
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # [h, w] each
+
+    def encode(p: np.ndarray) -> np.ndarray:
+        angles = p.reshape(-1, 1) * omega[None, :]  # [h*w, dim/4]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)  # [h*w, dim/2]
+
+    return np.concatenate([encode(cols), encode(rows)], axis=1).astype(F32)  # [h*w, dim]
+
+
+def _torch_arange_f32(start: float, end: float, step: float) -> np.ndarray:
+    """``torch.arange(start, end, step)`` for float32 on CPU, bit for bit.
+
+    Why emulate: the NaViT bucketing below compares these values with bucket boundaries, and
+    torch's rounding decides which bucket a patch on a boundary falls in. torch's CPU kernel
+    fills 16 elements per loop turn as two 8-lane vectors: a vector's first value is
+    ``start + step*i`` in double rounded to float32, and its lanes add ``k*step`` to that rounded
+    base (in double, rounded again). The tail past the last full 16 is ``start + step*i``.
+    """
+    n = math.ceil((end - start) / step)
+    idx = np.arange(n)
+    lane = idx % 8
+    base = (start + step * (idx - lane)).astype(F32).astype(np.float64)  # [n]
+    vector = (base + lane * step).astype(F32)  # [n]
+    scalar = (start + step * idx).astype(F32)  # [n]
+    return np.where(idx < n - n % 16, vector, scalar)
+
+
+def navit_position_ids(h: int, w: int, grid: int) -> np.ndarray:
+    """Rows of the learned grid x grid position table for an h x w patch grid, row-major. [h*w]
+
+    MiniCPM-V 2.6 (``modeling_navit_siglip.py``) buckets fractional coordinates::
+
+        boundaries = torch.arange(1 / grid, 1.0, 1 / grid)
+        frac_h = torch.arange(0, 1 - 1e-6, 1 / tgt_h)   # 1 / tgt_h: a float32 tensor
+        bucket_h = torch.bucketize(frac_h, boundaries, right=True)
+
+    This reproduces that float32 arithmetic exactly. The closed form floor(grid*i/h) (llama.cpp)
+    is NOT the same: for grid 70 it differs at h in {25, 49, 50, 55, 58} (checked against torch
+    by tools/make_golden.py; tests/golden/navit_position_ids.json holds torch's table).
+    """
+    boundaries = _torch_arange_f32(1.0 / grid, 1.0, 1.0 / grid)  # [grid-1]
+
+    def buckets(n: int) -> np.ndarray:
+        step = float(F32(1.0) / F32(n))  # torch: 1 / int tensor -> float32
+        frac = _torch_arange_f32(0.0, 1.0 - 1e-6, step)  # [n]
+        return np.searchsorted(boundaries, frac, side="right")  # bucketize(right=True)
+
+    ids: np.ndarray = buckets(h)[:, None] * grid + buckets(w)[None, :]  # [h, w]
+    return ids.reshape(-1).astype(np.int64)
