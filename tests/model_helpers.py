@@ -55,7 +55,9 @@ def write_case_checkpoint(directory: Path, case: GoldenCase) -> WrittenCheckpoin
 
 def pack_to(checkpoint: Path, out: Path, *, codec: str = "raw",
             max_chunk: int = spec.DEFAULT_MAX_CHUNK) -> Path:
-    pack(checkpoint, out, codec=codec, max_chunk=max_chunk)
+    """Pack with ``codec`` raw, zstd, or zstd-shuffle (zstd after byte grouping)."""
+    shuffle = codec == "zstd-shuffle"
+    pack(checkpoint, out, codec="zstd" if shuffle else codec, shuffle=shuffle, max_chunk=max_chunk)
     return out
 
 

@@ -31,6 +31,7 @@ from model_helpers import (
 from wstream import synthetic
 from wstream.errors import InputError
 from wstream.loader import EagerWeights, StreamingLoader
+from wstream.pack import pack
 from wstream.model.config import VLMConfig, from_hf, tensor_shapes, to_hf
 from wstream.model.ops import navit_position_ids
 from wstream.model.vlm import Generation, chunks_holding, generate
@@ -41,6 +42,7 @@ PACKINGS = {  # name: (codec, max_chunk)
     "raw": ("raw", 32 << 20),
     "zstd": ("zstd", 32 << 20),
     "raw-64k": ("raw", SMALL_CHUNK),  # row blocks everywhere: embeddings, in_proj, lm_head...
+    "zstd-shuffle-64k": ("zstd-shuffle", SMALL_CHUNK),
 }
 # The bound asked for is 1e-3 * max|golden|; float32 against float64 lands near 1e-6, so 1e-4
 # keeps a wide margin for other BLAS builds while still catching a wrong epsilon or scale.
@@ -182,20 +184,41 @@ def test_blocked_equals_unblocked(name: str, containers: dict[tuple[str, str], P
     assert np.array_equal(zstd.logits, whole.logits)  # same chunks, other codec: bit-identical
 
 
-@pytest.mark.parametrize("packing", ["raw-64k", "zstd"])
+@pytest.mark.parametrize("packing", ["raw-64k", "zstd", "zstd-shuffle-64k"])
 def test_streamed_equals_eager(packing: str, containers: dict[tuple[str, str], Path]) -> None:
-    """The streaming loader under a budget of a few chunks gives bit-identical outputs, with
-    released slabs poisoned (NaN): the forward never touches a weight after its chunk goes."""
+    """The streaming loader, for every prefetch depth and budgets from the smallest workable to
+    unlimited, gives bit-identical outputs, with released slabs poisoned (NaN): the forward
+    never touches a weight after its chunk goes."""
     case = CASES["tiny-gqa"]
     path = containers["tiny-gqa", packing]
     eager, _ = run_case(path, case)
     with Container(path) as c:
-        largest = max(ch.raw_nbytes for ch in c.manifest.chunks)
-    budget = 4 * 2 * largest  # about 4 chunks widened to float32
-    streamed, _ = run_case(path, case, StreamingLoader, budget=budget, prefetch=2, poison=True)
-    assert np.array_equal(streamed.logits, eager.logits)
-    assert np.array_equal(streamed.step_logits, eager.step_logits)
-    assert streamed.tokens == eager.tokens
+        with StreamingLoader(c) as probe:
+            smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
+    full = packing == "raw-64k"  # the whole grid once; a corner of it for the codecs
+    for k in (0, 1, 2, 4) if full else (0, 2):
+        for budget in (smallest, 4 * smallest, None) if full else (smallest, None):
+            streamed, _ = run_case(path, case, StreamingLoader, budget=budget, prefetch=k,
+                                   poison=True)
+            assert np.array_equal(streamed.logits, eager.logits), (k, budget)
+            assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
+            assert streamed.tokens == eager.tokens
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-gqa"])
+def test_int8_forward_stays_close_to_float(name: str, checkpoints: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    """INT8 linear layers (group 128) against the float weights: logits cosine >= 0.999 and the
+    same top-1 token at the last position."""
+    case = CASES[name]
+    path = tmp_path / "int8.wst"
+    pack(checkpoints[name], path, codec="zstd", shuffle=True, quantize="int8")
+    floats, _ = run_case(pack_to(checkpoints[name], tmp_path / "f.wst"), case)
+    quant, _ = run_case(path, case, StreamingLoader, budget=None, prefetch=2)
+    a, b = floats.logits.reshape(-1).astype(np.float64), quant.logits.reshape(-1).astype(np.float64)
+    cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert cosine >= 0.999, cosine
+    assert np.argmax(quant.logits[-1]) == np.argmax(floats.logits[-1])
 
 
 # --- config and generator -----------------------------------------------------------------------

@@ -160,19 +160,23 @@ class StreamingLoader(ContainerIndex):
         """The smallest budget that can stream ``chunks`` (one at a time, no prefetch)."""
         return max((self.chunk_cost(n) for n in chunks), default=0)
 
-    def _keeper(self, order: Sequence[str], repeat: bool) -> Callable[[Plan], bool]:
-        if self.budget is None:
-            return lambda plan: True  # no budget: keep everything once loaded
-        if not repeat:
-            return lambda plan: False
-        costs = [self.chunk_cost(n) for n in order if n not in self.resident]
-        window = (self.prefetch + 1) * max(costs, default=0)
-        limit = self.budget - window
+    def _keeper(self, order: Sequence[str], repeat: bool) -> Callable[[int], bool]:
+        """Whether a loaded chunk holding ``held`` bytes stays resident after its release.
 
-        def keep(plan: Plan) -> bool:
-            if self.resident_bytes + plan.resident_cost > limit:
+        A fixed subset, filled greedily in walk order: once full it never changes, so a cyclic
+        walk re-reads exactly the same chunks every pass. The budget always keeps room for
+        ``prefetch + 1`` of the largest chunks still streamed, so streaming never starves."""
+        if self.budget is None:
+            return lambda held: True  # no budget: keep everything once loaded
+        if not repeat:
+            return lambda held: False
+        costs = [self.chunk_cost(n) for n in order if n not in self.resident]
+        limit = self.budget - (self.prefetch + 1) * max(costs, default=0)
+
+        def keep(held: int) -> bool:
+            if self.resident_bytes + held > limit:
                 return False
-            self.resident_bytes += plan.resident_cost
+            self.resident_bytes += held
             return True
 
         return keep

@@ -252,7 +252,7 @@ class ChunkStream(Iterator[StreamChunk]):
         widen: bool,
         verify: bool,
         resident: Resident,
-        keep: Callable[[Plan], bool],
+        keep: Callable[[int], bool],
         stored: Callable[[ChunkEntry], memoryview] | None = None,
         on_close: Callable[[StreamStats], None] | None = None,
     ) -> None:
@@ -266,7 +266,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self.verify = verify
         self.stats = StreamStats()
         self._resident = resident
-        self._keep = keep  # decides, at submission, whether a chunk joins the resident set
+        self._keep = keep  # told a loaded chunk's bytes, decides whether it joins the resident set
         self._stored = stored
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="wstream-prefetch"
@@ -279,7 +279,6 @@ class ChunkStream(Iterator[StreamChunk]):
         )
         self._futures: dict[int, Future[Loaded]] = {}
         self._leases: dict[int, Lease] = {}
-        self._keeping: set[int] = set()
         self._next_submit = 0
         self._next_yield = 0
         self._held: dict[int, StreamChunk] = {}
@@ -292,7 +291,7 @@ class ChunkStream(Iterator[StreamChunk]):
             raise
         self._submit_ahead(block=False)
 
-    def extend(self, order: Sequence[str], *, keep: Callable[[Plan], bool]) -> None:
+    def extend(self, order: Sequence[str], *, keep: Callable[[int], bool]) -> None:
         """Append chunks to the order (a warm-up stream adopted by a real request)."""
         m = self.container.manifest
         more = [plan_chunk(m.chunks[m.chunk_index[n]], self._widen) for n in order]
@@ -362,8 +361,6 @@ class ChunkStream(Iterator[StreamChunk]):
                 self.container.mmap().madvise(mmap.MADV_WILLNEED, start, length)
             assert self._executor is not None
             self._leases[i] = lease
-            if self._keep(plan):
-                self._keeping.add(i)
             self._futures[i] = self._executor.submit(
                 load_chunk, self.container, plan, lease, self.pool, verify=self.verify,
                 stored=self._stored, helper=self._helper,
@@ -406,8 +403,9 @@ class ChunkStream(Iterator[StreamChunk]):
         self.stats.decode_seconds += loaded.decode_seconds
         self._next_yield += 1
         lease = self._leases.pop(i)
-        if i in self._keeping:
-            self._keeping.discard(i)
+        # Decided now, on what the chunk really holds: a reused slab may be larger than asked.
+        held = sum(s.nbytes for s in lease.slabs if s is not None) + lease.mapped
+        if self._keep(held):
             self._resident[chunk.name] = (lease, loaded.arrays)
             out = self._hand_out(i, loaded.arrays, None)
         else:
