@@ -182,7 +182,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from wstream.run import load_pixels, parse_bound, parse_ids, run
+    from wstream.run import load_everything, load_pixels, parse_bound, parse_ids, run
 
     report = run(
         args.src,
@@ -193,6 +193,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         budget=args.budget,
         prefetch=args.prefetch,
+        weights_factory=load_everything if args.eager else None,
     )
     if args.logits_out:
         np.save(args.logits_out, report.logits)
@@ -298,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="save the prefill logits, float32 [T, vocab]")
     sp.add_argument("--budget", type=parse_size, metavar="SIZE",
                     help="memory budget for weights, bytes or K/M/G (default: none)")
-    sp.add_argument("--prefetch", type=int, metavar="K", help="chunks to keep decoded ahead")
+    sp.add_argument("--prefetch", type=int, metavar="K",
+                    help="chunks to keep decoded ahead on worker threads (default: 2)")
+    sp.add_argument("--eager", action="store_true",
+                    help="load every weight up front instead of streaming (the baseline)")
     sp.add_argument("--json", action="store_true", help="print the report as one JSON object")
     sp.set_defaults(func=cmd_run)
 

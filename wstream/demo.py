@@ -1,21 +1,26 @@
-"""``wstream demo``: the whole job on a built-in model, offline, in seconds.
+"""``wstream demo``: the whole job on a built-in model, offline, in under a minute.
 
-Generates a small MiniCPM-V 2.6-shaped checkpoint (random bf16 weights, ~350 MB) and a test
-image in a temporary directory, packs the checkpoint, runs prefill + greedy decode on it, and
-prints what each run measured. Nothing is downloaded.
+Generates a small MiniCPM-V 2.6-shaped checkpoint (random bf16 weights, ~330 MB) and a test
+image in a temporary directory, packs it, and runs prefill + greedy decode twice, each in a
+fresh process so each peak RSS is its own: once loading every weight up front (the baseline a
+plain loader gives), once streamed under a memory budget. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from wstream.errors import WStreamError
 from wstream.pack import pack
-from wstream.run import RunReport, WeightsFactory, load_everything, make_weights, reset_peak_rss, run
 from wstream.synthetic import preset, write_checkpoint
 
 IMAGE_SIZE = (448, 336)  # W x H of the demo image: a 24 x 32 patch grid (non-square on purpose)
@@ -35,18 +40,25 @@ def _write_image(path: Path) -> None:
     Image.fromarray(rgb.astype(np.uint8), "RGB").save(path)
 
 
-def _mib(n: int) -> str:
+def _mib(n: float) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
-def demo(*, model: str = "small", out: Callable[[str], None] = print) -> dict[str, RunReport]:
-    """Run the demo on preset ``model``; returns each run's report by label."""
+def _run_in_fresh_process(args: list[str]) -> dict[str, Any]:
+    """``wstream run ... --json`` in a new interpreter: its VmHWM is this run's alone."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "wstream.cli", "run", *args, "--json"],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise WStreamError(f"demo run failed: {proc.stderr.strip() or proc.stdout.strip()}")
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def demo(*, model: str = "small", out: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Run the demo on preset ``model``; returns each run's ``wstream run --json`` report."""
     cfg = preset(model)
-    runs: list[tuple[str, WeightsFactory, int | None]] = [
-        ("load-everything baseline", load_everything, None),
-        (f"streamed, {_mib(DEMO_BUDGET)} budget, prefetch 2", make_weights, DEMO_BUDGET),
-    ]
-    reports: dict[str, RunReport] = {}
+    reports: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="wstream-demo-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
@@ -60,21 +72,35 @@ def demo(*, model: str = "small", out: Callable[[str], None] = print) -> dict[st
             f"{packed.seconds:.2f} s")
         _write_image(work / "image.png")
         ids = np.random.default_rng(0).integers(0, cfg.decoder.vocab, TEXT_TOKENS)
-        for label, factory, budget in runs:
-            reset_peak_rss()  # so each run's peak is its own
-            report = run(work / "model.wst", input_ids=ids, image=work / "image.png",
-                         max_new_tokens=NEW_TOKENS, budget=budget, weights_factory=factory)
-            reports[label] = report
-            t = report.timings
+        common = [str(work / "model.wst"), "--image", str(work / "image.png"),
+                  "--input-ids", ",".join(str(int(i)) for i in ids),
+                  "--max-new-tokens", str(NEW_TOKENS)]
+        runs = [
+            ("load-everything baseline", ["--eager"]),
+            (f"streamed, budget {_mib(DEMO_BUDGET)}, prefetch 2",
+             ["--budget", str(DEMO_BUDGET), "--prefetch", "2"]),
+        ]
+        for label, extra in runs:
+            r = _run_in_fresh_process(common + extra)
+            reports[label] = r
+            t = r["timings"]
             stages = "  ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items())
-            per_token = t["decode"] / max(NEW_TOKENS - 1, 1) * 1e3
             out(f"\n{label}")
-            out(f"  image     {report.image_size[1] if report.image_size else 0} x "
-                f"{report.image_size[0] if report.image_size else 0} px -> "
-                f"{cfg.resampler.queries} tokens at {report.image_bound}, "
-                f"prompt {report.logits.shape[0]} tokens")
+            out(f"  prompt    {r['prompt_tokens']} tokens, image {r['image_size'][1]} x "
+                f"{r['image_size'][0]} px -> {cfg.resampler.queries} tokens at {r['image_bound']}")
             out(f"  stages    {stages}")
-            out(f"  decode    {per_token:.0f} ms/token; generated {report.generated}")
-            out(f"  memory    peak RSS {_mib(report.peak_rss_bytes)}; read "
-                f"{_mib(report.bytes_read)}, decoded {_mib(report.bytes_decoded)}")
+            out(f"  decode    {t['decode'] / max(NEW_TOKENS - 1, 1) * 1e3:.0f} ms/token; "
+                f"generated {r['generated']}")
+            out(f"  memory    peak RSS {_mib(r['peak_rss_bytes'])}; read {_mib(r['bytes_read'])}, "
+                f"decoded {_mib(r['bytes_decoded'])}")
+            if r["loader"]:
+                ld = r["loader"]
+                out(f"  loader    peak held {_mib(ld['peak_pool_bytes'])} of the budget; stalled "
+                    f"{ld['stall_seconds'] * 1e3:.0f} ms; {_mib(ld['bytes_read_per_decode_step'])}"
+                    f" re-read per decode step ({_mib(ld['resident_bytes'])} resident)")
+        base, streamed = (reports[label] for label, _ in runs)
+        total = lambda r: sum(r["timings"].values())  # noqa: E731
+        out(f"\nstreamed vs baseline: peak RSS {streamed['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x, "
+            f"wall time {total(streamed) / total(base):.2f}x, same tokens: "
+            f"{streamed['generated'] == base['generated']}")
     return reports
