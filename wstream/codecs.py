@@ -50,7 +50,7 @@ def zstd_frame_nbytes(src: Buffer) -> int:
     """
     view = memoryview(src).cast("B")
     if bytes(view[:4]) != _ZSTD_MAGIC:
-        raise E.CorruptChunk(f"zstd: stored bytes do not start with the zstd frame magic")
+        raise E.CorruptChunk("zstd: stored bytes do not start with the zstd frame magic")
     try:
         pos = zstandard.frame_header_size(view)
         has_checksum = zstandard.get_frame_parameters(view).has_checksum
@@ -58,7 +58,9 @@ def zstd_frame_nbytes(src: Buffer) -> int:
         raise E.CorruptChunk(f"zstd frame header: {exc}") from None
     while True:
         if pos + 3 > len(view):
-            raise E.CorruptChunk(f"zstd: frame truncated at byte {len(view)} (a block header is missing)")
+            raise E.CorruptChunk(
+                f"zstd: frame truncated at byte {len(view)} (a block header is missing)"
+            )
         header = int.from_bytes(view[pos : pos + 3], "little")
         last, kind, size = header & 1, (header >> 1) & 3, header >> 3
         if kind == 3:

@@ -15,13 +15,15 @@ from pathlib import Path
 import numpy as np
 
 from wstream.atomic import AtomicFile
-from wstream.errors import LossyUnpack
+from wstream.errors import InputError, LossyUnpack
 from wstream.reader import Container, dequantize_into
 
 
 def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:
     """The header bytes (8-byte length + padded JSON) and each tensor's absolute file offset."""
     infos = container.manifest.tensors
+    if "__metadata__" in infos:  # a valid .wst name, but safetensors reserves it for metadata
+        raise InputError("tensor name '__metadata__' is reserved in safetensors; cannot unpack")
     order = sorted(infos.values(), key=lambda t: (-t.dtype.itemsize, t.name))
     header: dict[str, object] = {}
     if container.manifest.metadata:
