@@ -42,8 +42,14 @@ def golden_cases() -> dict[str, GoldenCase]:
         with np.load(GOLDEN / f"{name}.npz") as z:
             bound = tuple(int(v) for v in z["image_bound"]) if "image_bound" in z else None
             cases[name] = GoldenCase(
-                name, entry, z["input_ids"], z.get("pixels"),
-                bound, z["logits"], z["step_logits"], z["tokens"].tolist(),  # type: ignore[arg-type]
+                name,
+                entry,
+                z["input_ids"],
+                z.get("pixels"),
+                bound,
+                z["logits"],
+                z["step_logits"],
+                z["tokens"].tolist(),  # type: ignore[arg-type]
             )
     return cases
 
@@ -53,8 +59,9 @@ def write_case_checkpoint(directory: Path, case: GoldenCase) -> WrittenCheckpoin
     return write_checkpoint(directory, m["preset"], seed=m["seed"], shards=m["shards"])
 
 
-def pack_to(checkpoint: Path, out: Path, *, codec: str = "raw",
-            max_chunk: int = spec.DEFAULT_MAX_CHUNK) -> Path:
+def pack_to(
+    checkpoint: Path, out: Path, *, codec: str = "raw", max_chunk: int = spec.DEFAULT_MAX_CHUNK
+) -> Path:
     """Pack with ``codec`` raw, zstd, or zstd-shuffle (zstd after byte grouping)."""
     shuffle = codec == "zstd-shuffle"
     pack(checkpoint, out, codec="zstd" if shuffle else codec, shuffle=shuffle, max_chunk=max_chunk)

@@ -10,12 +10,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import pytest
+import strategies as S
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
-
-import strategies as S
 from wst_testing import write_checkpoint
+
 from wstream import codecs
 from wstream.errors import CorruptChunk, DecodedSizeMismatch, LossyUnpack
 from wstream.manifest import CodecStep
@@ -28,7 +28,9 @@ from wstream.unpack import unpack
 GROUPED = (CodecStep(CodecId.BYTEGROUP, size=2), CodecStep(CodecId.ZSTD))
 
 
-def _roundtrip(pipeline: tuple[CodecStep, ...], data: bytes, executor: ThreadPoolExecutor | None = None) -> bytes:
+def _roundtrip(
+    pipeline: tuple[CodecStep, ...], data: bytes, executor: ThreadPoolExecutor | None = None
+) -> bytes:
     stored, recorded = codecs.encode(pipeline, data)
     out = bytearray(len(data))
     codecs.decode_into(recorded, stored, memoryview(out), executor=executor)
@@ -177,6 +179,9 @@ def test_dtype_conversion_is_lossy_only_when_bits_are_dropped(tmp_path: Path) ->
         with Container(tmp_path / f"{lossy}.wst") as c:
             assert c.tensor("w").dtype == ml_dtypes.bfloat16
             assert c.tensor("w").tobytes() == values.astype(ml_dtypes.bfloat16).tobytes()
-    widened = pack(write_checkpoint(tmp_path / "b", {"w": exact.astype(ml_dtypes.bfloat16)}),
-                   tmp_path / "f.wst", dtype="float32")
+    widened = pack(
+        write_checkpoint(tmp_path / "b", {"w": exact.astype(ml_dtypes.bfloat16)}),
+        tmp_path / "f.wst",
+        dtype="float32",
+    )
     assert widened.lossy is False

@@ -31,10 +31,10 @@ from model_helpers import (
 from wstream import synthetic
 from wstream.errors import InputError
 from wstream.loader import EagerWeights, StreamingLoader
-from wstream.pack import pack
 from wstream.model.config import VLMConfig, from_hf, tensor_shapes, to_hf
 from wstream.model.ops import navit_position_ids
 from wstream.model.vlm import Generation, chunks_holding, generate
+from wstream.pack import pack
 from wstream.reader import Container
 
 CASES = golden_cases()
@@ -53,8 +53,9 @@ REL_TOL = 1e-4
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each golden case's checkpoint, written once."""
     root = tmp_path_factory.mktemp("checkpoints")
-    return {name: write_case_checkpoint(root / name, case).directory
-            for name, case in CASES.items()}
+    return {
+        name: write_case_checkpoint(root / name, case).directory for name, case in CASES.items()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +64,27 @@ def containers(
 ) -> dict[tuple[str, str], Path]:
     root = tmp_path_factory.mktemp("containers")
     return {
-        (name, packing): pack_to(checkpoints[name], root / f"{name}-{packing}.wst",
-                                 codec=codec, max_chunk=max_chunk)
-        for name in CASES for packing, (codec, max_chunk) in PACKINGS.items()
+        (name, packing): pack_to(
+            checkpoints[name], root / f"{name}-{packing}.wst", codec=codec, max_chunk=max_chunk
+        )
+        for name in CASES
+        for packing, (codec, max_chunk) in PACKINGS.items()
     }
 
 
-def run_case(path: Path, case: GoldenCase, source_type: type = EagerWeights,
-             **source_args: object) -> tuple[Generation, RecordingSource]:
+def run_case(
+    path: Path, case: GoldenCase, source_type: type = EagerWeights, **source_args: object
+) -> tuple[Generation, RecordingSource]:
     with Container(path) as container:
         source = RecordingSource(source_type(container, **source_args))
         try:
-            out = generate(source, case.input_ids, pixels=case.pixels,
-                           image_bound=case.image_bound, max_new_tokens=len(case.tokens))
+            out = generate(
+                source,
+                case.input_ids,
+                pixels=case.pixels,
+                image_bound=case.image_bound,
+                max_new_tokens=len(case.tokens),
+            )
         finally:
             source.inner.close()
     return out, source
@@ -118,9 +127,12 @@ def test_navit_position_ids_equal_torch() -> None:
         assert (ids[:, 0] // grid).tolist() == buckets, n
         assert ids[0].tolist() == [0, 23, 46]  # floor(70 * j / 3) along the row
     # The closed form used elsewhere is not the same function; keep the record honest.
-    floor = [n for n in range(1, grid + 1)
-             if navit_position_ids(n, 1, grid).tolist()
-             != [grid * math.floor(grid * i / n) for i in range(n)]]
+    floor = [
+        n
+        for n in range(1, grid + 1)
+        if navit_position_ids(n, 1, grid).tolist()
+        != [grid * math.floor(grid * i / n) for i in range(n)]
+    ]
     assert floor == table["floor_differs_at"] == [25, 49, 50, 55, 58]
 
 
@@ -155,8 +167,12 @@ def test_chunk_order(name: str, containers: dict[tuple[str, str], Path]) -> None
     text = np.ones(len(case.input_ids), dtype=bool)
     if case.image_bound:
         text[case.image_bound[0] : case.image_bound[1]] = False
-    expected = [((vision if case.pixels is not None else []) + holding(case.input_ids[text])
-                 + llm_rest, False)]
+    expected = [
+        (
+            (vision if case.pixels is not None else []) + holding(case.input_ids[text]) + llm_rest,
+            False,
+        )
+    ]
     expected += [(holding(np.array([t])) + llm_rest, True) for t in out.tokens[:-1]]
     assert len(holding(case.input_ids[text])) < len(embed)  # a real subset was streamed
     assert source.walks == expected
@@ -165,8 +181,11 @@ def test_chunk_order(name: str, containers: dict[tuple[str, str], Path]) -> None
         assert len(set(walk)) == len(walk)
     assert source.chunk_log == [c for walk, _ in source.walks for c in walk]
     if case.pixels is None:
-        assert not [c for c in source.chunk_log
-                    if group[c].startswith("vision.") or group[c].startswith("resampler")]
+        assert not [
+            c
+            for c in source.chunk_log
+            if group[c].startswith("vision.") or group[c].startswith("resampler")
+        ]
 
 
 # --- (c) row blocks and streaming change nothing but round-off -------------------------------
@@ -198,16 +217,18 @@ def test_streamed_equals_eager(packing: str, containers: dict[tuple[str, str], P
     full = packing == "raw-64k"  # the whole grid once; a corner of it for the codecs
     for k in (0, 1, 2, 4) if full else (0, 2):
         for budget in (smallest, 4 * smallest, None) if full else (smallest, None):
-            streamed, _ = run_case(path, case, StreamingLoader, budget=budget, prefetch=k,
-                                   poison=True)
+            streamed, _ = run_case(
+                path, case, StreamingLoader, budget=budget, prefetch=k, poison=True
+            )
             assert np.array_equal(streamed.logits, eager.logits), (k, budget)
             assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
             assert streamed.tokens == eager.tokens
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-gqa"])
-def test_int8_forward_stays_close_to_float(name: str, checkpoints: dict[str, Path],
-                                           tmp_path: Path) -> None:
+def test_int8_forward_stays_close_to_float(
+    name: str, checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
     """INT8 linear layers (group 128) against the float weights: logits cosine >= 0.999 and the
     same top-1 token at the last position."""
     case = CASES[name]
@@ -278,26 +299,34 @@ def test_generator_layout(tmp_path: Path) -> None:
     assert a.sha256 == b.sha256 != c.sha256
     index = json.loads((a.directory / "model.safetensors.index.json").read_text())
     shapes = tensor_shapes(synthetic.PRESETS["tiny"])
-    assert index["metadata"]["total_size"] == a.total_size == 2 * sum(
-        math.prod(s) for s in shapes.values())
+    assert (
+        index["metadata"]["total_size"]
+        == a.total_size
+        == 2 * sum(math.prod(s) for s in shapes.values())
+    )
     assert set(index["weight_map"]) == set(shapes)
     seen = 0
     for shard in a.files:
         with safe_open(shard, "np") as f:
-            for key in f.keys():  # noqa: SIM118  (a safe_open handle, not a dict)
+            for key in f.keys():
                 seen += 1
                 value = f.get_tensor(key)
                 assert value.shape == shapes[key]
-                assert np.array_equal(value.view(np.uint16),
-                                      synthetic.tensor_values(key, shapes[key], 5).view(np.uint16))
+                assert np.array_equal(
+                    value.view(np.uint16),
+                    synthetic.tensor_values(key, shapes[key], 5).view(np.uint16),
+                )
     assert seen == len(shapes)
 
 
 def test_generator_memory_is_a_slab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The largest tensor (embed_tokens, 16 MiB of bf16 here) is never held whole."""
     base = synthetic.PRESETS["tiny"]
-    cfg = VLMConfig(base.vision, base.resampler,
-                    base.decoder.__class__(**{**_fields(base.decoder), "vocab": 32768}))
+    cfg = VLMConfig(
+        base.vision,
+        base.resampler,
+        base.decoder.__class__(**{**_fields(base.decoder), "vocab": 32768}),
+    )
     monkeypatch.setattr(synthetic, "SLAB_ELEMENTS", 1 << 16)
     tracemalloc.start()
     try:

@@ -24,7 +24,9 @@ MAX_CHUNK = 96 * 1024
 def _checkpoint(path: Path, seed: int = 0) -> Path:
     """A generic checkpoint of mixed dtypes and sizes: several groups, some tensors row-split."""
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = {"embed.weight": rng.standard_normal((300, 64)).astype(np.float32)}
+    tensors: dict[str, np.ndarray] = {
+        "embed.weight": rng.standard_normal((300, 64)).astype(np.float32)
+    }
     for i in range(5):
         rows = int(rng.integers(1, 400))
         tensors[f"layers.{i}.w"] = rng.standard_normal((rows, 96)).astype(ml_dtypes.bfloat16)
@@ -37,7 +39,9 @@ def _checkpoint(path: Path, seed: int = 0) -> Path:
 
 
 @pytest.fixture(scope="module", params=["raw", "zstd"])
-def container(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def container(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Container]:
     d = tmp_path_factory.mktemp(f"loader-{request.param}")
     src = _checkpoint(d / "model.safetensors")
     pack(src, d / "model.wst", codec=request.param, max_chunk=MAX_CHUNK)
@@ -54,7 +58,10 @@ def _expected(c: Container, widen: bool) -> dict[str, list[bytes]]:
     for chunk in c.manifest.chunks:
         arrays = piece_views(chunk, c.decode(chunk))
         if widen:
-            arrays = [a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a for a in arrays]
+            arrays = [
+                a.astype(np.float32) if a.dtype.kind == "f" or a.dtype.name == "bfloat16" else a
+                for a in arrays
+            ]
         out[chunk.name] = [a.dtype.str.encode() + a.tobytes() for a in arrays]
     return out
 
@@ -65,7 +72,9 @@ def _alive_workers() -> list[threading.Thread]:
 
 @pytest.mark.parametrize("widen", [False, True])
 @pytest.mark.parametrize("k", [0, 1, 2, 4])
-def test_stream_equals_eager_for_every_k_and_budget(container: Container, k: int, widen: bool) -> None:
+def test_stream_equals_eager_for_every_k_and_budget(
+    container: Container, k: int, widen: bool
+) -> None:
     expected = _expected(container, widen)
     names = _names(container)
     probe = StreamingLoader(container, widen=widen)
@@ -95,7 +104,9 @@ def test_never_more_than_k_ahead_instrumented(container: Container) -> None:
         started: list[str] = []
         lock = threading.Lock()
 
-        def stored(chunk: ChunkEntry) -> memoryview:
+        def stored(
+            chunk: ChunkEntry, started: list[str] = started, lock: threading.Lock = lock
+        ) -> memoryview:
             with lock:
                 started.append(chunk.name)
             return container.stored(chunk)
@@ -140,7 +151,9 @@ def test_consumer_hoarding_chunks_gets_a_clear_error_not_a_hang(container: Conta
 
 
 @pytest.mark.parametrize("fault", ["oserror", "corrupt"])
-def test_worker_fault_reaches_consumer_and_everything_is_returned(container: Container, fault: str) -> None:
+def test_worker_fault_reaches_consumer_and_everything_is_returned(
+    container: Container, fault: str
+) -> None:
     names = _names(container)
     victim = names[len(names) // 2]
 
@@ -167,7 +180,9 @@ def test_worker_fault_reaches_consumer_and_everything_is_returned(container: Con
     assert loader.pool.leased == 0 and loader.pool.committed == 0
 
 
-def test_corrupt_bytes_are_not_returned_when_verify_is_off_only_if_codec_rejects(container: Container) -> None:
+def test_corrupt_bytes_are_not_returned_when_verify_is_off_only_if_codec_rejects(
+    container: Container,
+) -> None:
     """With CRCs on (the default), a flipped byte never reaches the consumer as data."""
     names = _names(container)
 
@@ -217,7 +232,7 @@ def test_two_streams_over_one_container_at_once(container: Container) -> None:
                         with chunk:
                             got = [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()]
                             assert got == expected[chunk.name]
-        except BaseException as exc:  # noqa: BLE001 - reported to the main thread below
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=run, args=(o,)) for o in (names, names[::-1])]
@@ -263,7 +278,9 @@ def test_warm_prefetches_in_background_and_is_adopted(container: Container) -> N
         loader.warm(names[:3])  # returns without waiting
         for chunk in loader.stream(names):
             with chunk:
-                assert [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()] == expected[chunk.name]
+                assert [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()] == expected[
+                    chunk.name
+                ]
     assert started == names  # each chunk read exactly once: the warm work was taken over
 
 
@@ -281,4 +298,6 @@ def test_crc_can_be_switched_off(container: Container) -> None:
     with StreamingLoader(container, verify=False) as loader:
         n = sum(1 for chunk in loader.stream(names) if chunk.release() is None)
     assert n == len(names)
-    assert all(zlib.crc32(container.stored(container.chunk(x))) == container.chunk(x).crc32 for x in names)
+    assert all(
+        zlib.crc32(container.stored(container.chunk(x))) == container.chunk(x).crc32 for x in names
+    )

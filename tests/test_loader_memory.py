@@ -49,19 +49,27 @@ print(json.dumps({"base": base, "peak": peak, "pool_peak": loader.pool.peak,
 def big_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("big")
     rng = np.random.default_rng(7)
-    tensors = {f"layers.{i}.w": np.frombuffer(rng.bytes(24 * MiB), np.uint8).reshape(-1, 4096) for i in range(22)}
+    tensors = {
+        f"layers.{i}.w": np.frombuffer(rng.bytes(24 * MiB), np.uint8).reshape(-1, 4096)
+        for i in range(22)
+    }
     path = d / "big.safetensors"
     save_file(tensors, str(path))
     return path
 
 
 @pytest.mark.parametrize("codec", ["raw", "zstd"])
-def test_streaming_512mb_under_64mb_budget(big_checkpoint: Path, codec: str, tmp_path: Path) -> None:
+def test_streaming_512mb_under_64mb_budget(
+    big_checkpoint: Path, codec: str, tmp_path: Path
+) -> None:
     out = tmp_path / f"big-{codec}.wst"
     pack(big_checkpoint, out, codec=codec, level=1)
     assert out.stat().st_size >= 512 * 10**6
     proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(out), str(BUDGET)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHILD, str(out), str(BUDGET)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     r = json.loads(proc.stdout)
     assert r["bytes_read"] >= 512 * 10**6

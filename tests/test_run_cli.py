@@ -41,7 +41,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from PIL import Image
 
     Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8), "RGB").save(
-        root / "image.png")
+        root / "image.png"
+    )
     out["png"] = root / "image.png"
     (root / "junk.png").write_bytes(b"not an image at all")
     out["junk_png"] = root / "junk.png"
@@ -60,10 +61,24 @@ def test_run_json_reports_every_field(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     logits_out = tmp_path / "logits.npy"
-    report = run_json(capsys, str(files["wst"]), "--pixels", str(files["pixels"]),
-                      "--input-ids", IDS, "--image-bound", f"4:{4 + Q}",
-                      "--max-new-tokens", "3", "--logits-out", str(logits_out),
-                      "--budget", "64M", "--prefetch", "2")
+    report = run_json(
+        capsys,
+        str(files["wst"]),
+        "--pixels",
+        str(files["pixels"]),
+        "--input-ids",
+        IDS,
+        "--image-bound",
+        f"4:{4 + Q}",
+        "--max-new-tokens",
+        "3",
+        "--logits-out",
+        str(logits_out),
+        "--budget",
+        "64M",
+        "--prefetch",
+        "2",
+    )
     assert set(report) >= {"generated", "timings", "peak_rss_bytes", "bytes_read", "bytes_decoded"}
     assert set(report["timings"]) == STAGES  # type: ignore[arg-type]
     assert all(v >= 0 for v in report["timings"].values())  # type: ignore[attr-defined]
@@ -81,8 +96,13 @@ def test_run_json_reports_every_field(
         step = loader["bytes_read_per_decode_step"]  # type: ignore[index]
         assert 0 < step <= sum(ch.nbytes for ch in llm)  # type: ignore[operator]
         source = EagerWeights(c)
-        want = generate(source, np.array(IDS.split(","), dtype=np.int64),
-                        pixels=np.load(files["pixels"]), image_bound=(4, 4 + Q), max_new_tokens=3)
+        want = generate(
+            source,
+            np.array(IDS.split(","), dtype=np.int64),
+            pixels=np.load(files["pixels"]),
+            image_bound=(4, 4 + Q),
+            max_new_tokens=3,
+        )
     assert report["generated"] == want.tokens
     logits = np.load(logits_out)
     assert logits.dtype == np.float32 and logits.shape == (T, CFG.decoder.vocab)
@@ -94,8 +114,16 @@ def test_run_image_without_bound(
 ) -> None:
     """A PNG is resized to multiples of 14 (100 x 60 -> 98 x 56) and, without --image-bound,
     its tokens are prepended to the prompt."""
-    report = run_json(capsys, str(files["wst"]), "--image", str(files["png"]),
-                      "--input-ids", "1,2,3", "--max-new-tokens", "2")
+    report = run_json(
+        capsys,
+        str(files["wst"]),
+        "--image",
+        str(files["png"]),
+        "--input-ids",
+        "1,2,3",
+        "--max-new-tokens",
+        "2",
+    )
     assert report["image_size"] == [56, 98]
     assert report["image_bound"] == [0, Q]
     assert report["prompt_tokens"] == Q + 3
@@ -139,10 +167,16 @@ def test_load_image_bounds_the_long_side(tmp_path: Path) -> None:
         (["--image", "{pixels}", "--max-new-tokens", "-1"], "max-new-tokens"),
     ],
 )
-def test_run_bad_input(files: dict[str, Path], capsys: pytest.CaptureFixture[str],
-                       args: list[str], message: str) -> None:
-    argv = ["run", str(files["wst"]), "--input-ids", IDS,
-            *[a.format(**{k: str(v) for k, v in files.items()}) for a in args]]
+def test_run_bad_input(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    argv = [
+        "run",
+        str(files["wst"]),
+        "--input-ids",
+        IDS,
+        *[a.format(**{k: str(v) for k, v in files.items()}) for a in args],
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("wstream run: error: InputError: "), err
@@ -151,21 +185,25 @@ def test_run_bad_input(files: dict[str, Path], capsys: pytest.CaptureFixture[str
 
 @pytest.mark.parametrize(
     "ids, message",
-    [("5,99999", "id 99999 is outside the vocabulary [0, 1024)"),
-     ("5,-1", "id -1 is outside"),
-     ("a,b", "input-ids: 'a,b'"),
-     ("", "input-ids")],
+    [
+        ("5,99999", "id 99999 is outside the vocabulary [0, 1024)"),
+        ("5,-1", "id -1 is outside"),
+        ("a,b", "input-ids: 'a,b'"),
+        ("", "input-ids"),
+    ],
 )
-def test_run_bad_ids(files: dict[str, Path], capsys: pytest.CaptureFixture[str],
-                     ids: str, message: str) -> None:
+def test_run_bad_ids(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], ids: str, message: str
+) -> None:
     assert main(["run", str(files["wst"]), "--input-ids", ids]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
 
 
 @pytest.mark.parametrize("which, message", [("missing", "No such file"), ("not_wst", "BadMagic")])
-def test_run_bad_container(files: dict[str, Path], capsys: pytest.CaptureFixture[str],
-                           which: str, message: str) -> None:
+def test_run_bad_container(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], which: str, message: str
+) -> None:
     path = files["wst"].parent / "nope.wst" if which == "missing" else files[which]
     assert main(["run", str(path), "--input-ids", "1"]) == 1
     err = capsys.readouterr().err
@@ -175,6 +213,13 @@ def test_run_bad_container(files: dict[str, Path], capsys: pytest.CaptureFixture
 def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo", "--model", "tiny"]) == 0
     out = capsys.readouterr().out
-    for needle in ("checkpoint  tiny", "pack ", "load-everything baseline", "stages", "vision",
-                   "peak RSS", "ms/token"):
+    for needle in (
+        "checkpoint  tiny",
+        "pack ",
+        "load-everything baseline",
+        "stages",
+        "vision",
+        "peak RSS",
+        "ms/token",
+    ):
         assert needle in out, out

@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     progress, close = _progress(args.preset)
     try:
-        written = write_checkpoint(args.output, args.preset, seed=args.seed, shards=args.shards,
-                                   progress=progress)
+        written = write_checkpoint(
+            args.output, args.preset, seed=args.seed, shards=args.shards, progress=progress
+        )
     except (WStreamError, OSError) as exc:
         print(f"make_checkpoint: error: {exc}", file=sys.stderr)
         return 1
@@ -50,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{args.preset}: {written.total_size:,} bytes in {len(written.files)} shards -> "
-              f"{written.directory} in {summary['seconds']} s (sha256 {written.sha256[:16]}...)")
+        print(
+            f"{args.preset}: {written.total_size:,} bytes in {len(written.files)} shards -> "
+            f"{written.directory} in {summary['seconds']} s (sha256 {written.sha256[:16]}...)"
+        )
     return 0
 
 

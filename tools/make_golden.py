@@ -78,15 +78,20 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def strip(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def vision_tower(cfg: VLMConfig, weights: dict[str, torch.Tensor]) -> Idefics2VisionTransformer:
     v = cfg.vision
     config = Idefics2VisionConfig(
-        hidden_size=v.hidden, intermediate_size=v.intermediate, num_hidden_layers=v.layers,
-        num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch,
-        hidden_act="gelu_pytorch_tanh", layer_norm_eps=v.eps,
+        hidden_size=v.hidden,
+        intermediate_size=v.intermediate,
+        num_hidden_layers=v.layers,
+        num_attention_heads=v.heads,
+        image_size=v.image_size,
+        patch_size=v.patch,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=v.eps,
     )
     config._attn_implementation = "sdpa"  # math kernel: float64 softmax (eager's is float32)
     model = Idefics2VisionTransformer(config).double().eval()
@@ -116,17 +121,19 @@ def _1d_sincos(embed_dim: int, pos: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=-1)  # (H, W, D)
 
 
-def resampler(cfg: VLMConfig, weights: dict[str, torch.Tensor], x: torch.Tensor,
-              grid: tuple[int, int]) -> torch.Tensor:
+def resampler(
+    cfg: VLMConfig, weights: dict[str, torch.Tensor], x: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
     """x [L, kv_dim] float64 -> [Q, D]."""
     r = cfg.resampler
     w = strip(weights, "resampler.")
     attn = torch.nn.MultiheadAttention(r.dim, r.heads).double().eval()
-    attn.load_state_dict({k[len("attn."):]: v for k, v in w.items() if k.startswith("attn.")})
+    attn.load_state_dict({k[len("attn.") :]: v for k, v in w.items() if k.startswith("attn.")})
 
     def ln(t: torch.Tensor, name: str) -> torch.Tensor:
-        return torch.nn.functional.layer_norm(t, (r.dim,), w[f"{name}.weight"], w[f"{name}.bias"],
-                                              r.eps)
+        return torch.nn.functional.layer_norm(
+            t, (r.dim,), w[f"{name}.weight"], w[f"{name}.bias"], r.eps
+        )
 
     pos = get_2d_sincos_pos_embed(r.dim, (GRID, GRID))[: grid[0], : grid[1]]  # 70x70 cache
     pos_t = torch.from_numpy(pos.reshape(grid[0] * grid[1], -1)).to(torch.float64)
@@ -139,11 +146,17 @@ def resampler(cfg: VLMConfig, weights: dict[str, torch.Tensor], x: torch.Tensor,
 def decoder(cfg: VLMConfig, weights: dict[str, torch.Tensor]) -> Qwen2ForCausalLM:
     d = cfg.decoder
     config = Qwen2Config(
-        vocab_size=d.vocab, hidden_size=d.hidden, intermediate_size=d.intermediate,
-        num_hidden_layers=d.layers, num_attention_heads=d.heads,
-        num_key_value_heads=d.kv_heads, rms_norm_eps=d.eps, tie_word_embeddings=False,
+        vocab_size=d.vocab,
+        hidden_size=d.hidden,
+        intermediate_size=d.intermediate,
+        num_hidden_layers=d.layers,
+        num_attention_heads=d.heads,
+        num_key_value_heads=d.kv_heads,
+        rms_norm_eps=d.eps,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": d.rope_theta},
-        max_position_embeddings=4096, use_sliding_window=False,
+        max_position_embeddings=4096,
+        use_sliding_window=False,
     )
     config._attn_implementation = "sdpa"
     model = Qwen2ForCausalLM(config).double().eval()
@@ -165,8 +178,9 @@ def minicpmv_buckets(n: int) -> list[int]:
 def idefics2_buckets(n: int) -> list[int]:
     """What transformers' Idefics2VisionEmbeddings computes, read out of the module itself:
     zero patch conv, position table row i = i, a n x 1 patch grid."""
-    config = Idefics2VisionConfig(hidden_size=4, num_attention_heads=1, image_size=GRID * 14,
-                                  patch_size=14)
+    config = Idefics2VisionConfig(
+        hidden_size=4, num_attention_heads=1, image_size=GRID * 14, patch_size=14
+    )
     emb = Idefics2VisionEmbeddings(config).double()
     with torch.no_grad():
         emb.patch_embedding.weight.zero_()
@@ -179,16 +193,18 @@ def idefics2_buckets(n: int) -> list[int]:
 
 def navit_table() -> dict[str, Any]:
     table = {n: minicpmv_buckets(n) for n in range(1, GRID + 1)}
-    ours = [n for n in table
-            if navit_position_ids(n, 1, GRID).tolist() != [b * GRID for b in table[n]]]
+    ours = [
+        n for n in table if navit_position_ids(n, 1, GRID).tolist() != [b * GRID for b in table[n]]
+    ]
     if ours:
         raise SystemExit(f"wstream.model.ops.navit_position_ids differs from torch at sides {ours}")
     return {
         "grid": GRID,
         "buckets": {str(n): b for n, b in table.items()},  # side -> bucket per patch index
         "idefics2_differs_at": [n for n in table if idefics2_buckets(n) != table[n]],
-        "floor_differs_at": [n for n in table
-                             if table[n] != [math.floor(GRID * i / n) for i in range(n)]],
+        "floor_differs_at": [
+            n for n in table if table[n] != [math.floor(GRID * i / n) for i in range(n)]
+        ],
     }
 
 
@@ -240,14 +256,23 @@ def run_case(name: str, out_dir: Path, work: Path, navit: dict[str, Any]) -> dic
     # The tests allow 1e-3 * scale of error; a top-2 gap above twice that cannot flip a token.
     if min(margins) < 2e-3 * scale:
         raise SystemExit(f"{name}: greedy margin {min(margins):.2e} is too small; change the seed")
-    arrays.update(input_ids=ids, logits=logits.to(torch.float32).numpy(),
-                  step_logits=torch.stack(steps).to(torch.float32).numpy(),
-                  tokens=np.array(tokens, dtype=np.int64))
+    arrays.update(
+        input_ids=ids,
+        logits=logits.to(torch.float32).numpy(),
+        step_logits=torch.stack(steps).to(torch.float32).numpy(),
+        tokens=np.array(tokens, dtype=np.int64),
+    )
     np.savez_compressed(out_dir / f"{name}.npz", **arrays)
     return {
-        "preset": preset_name, "seed": seed, "shards": shards, "weights_sha256": written.sha256,
-        "image": list(image) if image else None, "new_tokens": new_tokens,
-        "max_abs_logit": scale, "min_greedy_margin": min(margins), "tokens": tokens,
+        "preset": preset_name,
+        "seed": seed,
+        "shards": shards,
+        "weights_sha256": written.sha256,
+        "image": list(image) if image else None,
+        "new_tokens": new_tokens,
+        "max_abs_logit": scale,
+        "min_greedy_margin": min(margins),
+        "tokens": tokens,
     }
 
 
@@ -259,11 +284,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     navit = navit_table()
     (args.output / "navit_position_ids.json").write_text(json.dumps(navit) + "\n")
-    print(f"navit: Idefics2 differs at {navit['idefics2_differs_at']}, "
-          f"floor(70*i/h) at {navit['floor_differs_at']}")
+    print(
+        f"navit: Idefics2 differs at {navit['idefics2_differs_at']}, "
+        f"floor(70*i/h) at {navit['floor_differs_at']}"
+    )
     meta: dict[str, Any] = {
         "generator": "tools/make_golden.py",
-        "torch": torch.__version__, "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "cases": {},
     }
     with tempfile.TemporaryDirectory() as work:

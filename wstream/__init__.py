@@ -12,8 +12,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from wstream.errors import FormatError, InputError, LoaderError, SourceError, WStreamError  # noqa: E402
-from wstream.reader import Container, open_container  # noqa: E402
+from wstream.errors import FormatError, InputError, LoaderError, SourceError, WStreamError
+from wstream.reader import Container, open_container
 
 __all__ = [
     "Container",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wstream import __version__, spec
-from wstream.errors import InputError, WStreamError
+from wstream.errors import WStreamError
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -26,7 +26,9 @@ def parse_size(text: str) -> int:
     """'512', '64K', '32M', '1G', '1.5GiB' -> bytes (binary multiples)."""
     m = _SIZE_RE.match(text)
     if m is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or a number with K/M/G/T)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (bytes, or a number with K/M/G/T)"
+        )
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
@@ -89,7 +91,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         print(
             f"packed {report.tensors} tensors into {report.chunks} chunks: "
             f"{human(report.bytes_in)} -> {human(report.bytes_out)} "
-            f"(ratio {report.ratio:.3f}) in {report.seconds:.2f} s ({rate:.0f} MB/s) -> {args.output}"
+            f"(ratio {report.ratio:.3f}) in {report.seconds:.2f} s ({rate:.0f} MB/s) "
+            f"-> {args.output}"
             + (" [LOSSY: values differ from the source]" if report.lossy else "")
         )
     return 0
@@ -142,12 +145,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     ratio = d["raw_nbytes"] / d["stored_nbytes"] if d["stored_nbytes"] else 1.0
     stages = list(dict.fromkeys(g.split(".", 1)[0] for g in d["groups"]))
     print(f"file      {d['path']} ({human(d['file_size'])})")
-    print(f"format    .wst v{d['version']}, written by {d['writer'] or '?'}, "
-          f"{'LOSSY (quantized or converted: values differ from the source)' if d['lossy'] else 'lossless'}")
-    print(f"tensors   {d['tensors']}, {human(d['raw_nbytes'])} decoded, {human(d['stored_nbytes'])} "
-          f"stored (ratio {ratio:.3f})")
-    print(f"chunks    {len(chunks)} ({', '.join(f'{k} {v}' for k, v in codecs_used.items())}); "
-          f"largest {human(d['largest_chunk_raw_nbytes'])} decoded")
+    lossy = "LOSSY (quantized or converted: values differ from the source)"
+    print(
+        f"format    .wst v{d['version']}, written by {d['writer'] or '?'}, "
+        f"{lossy if d['lossy'] else 'lossless'}"
+    )
+    print(
+        f"tensors   {d['tensors']}, {human(d['raw_nbytes'])} decoded, {human(d['stored_nbytes'])} "
+        f"stored (ratio {ratio:.3f})"
+    )
+    print(
+        f"chunks    {len(chunks)} ({', '.join(f'{k} {v}' for k, v in codecs_used.items())}); "
+        f"largest {human(d['largest_chunk_raw_nbytes'])} decoded"
+    )
     print(f"groups    {len(d['groups'])} in stages {', '.join(stages)}")
     if d["config"]:
         keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "query_num")
@@ -163,9 +173,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         codec = "+".join(_step_name(s) for s in members[0]["codec"]) or "raw"
         if any("quant" in t for c in members for t in c["tensors"]):
             codec += " int8"
-        print(f"{group:<28} {len(members):>6} {len(names):>7} "
-              f"{human(sum(c['raw_nbytes'] for c in members)):>12} "
-              f"{human(sum(c['nbytes'] for c in members)):>12}  {codec}")
+        print(
+            f"{group:<28} {len(members):>6} {len(names):>7} "
+            f"{human(sum(c['raw_nbytes'] for c in members)):>12} "
+            f"{human(sum(c['nbytes'] for c in members)):>12}  {codec}"
+        )
     return 0
 
 
@@ -204,15 +216,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     t = summary["timings"]
     print(f"generated {summary['generated']}")
     print("timings   " + "  ".join(f"{k} {v * 1e3:.1f} ms" for k, v in t.items()))
-    print(f"prompt    {summary['prompt_tokens']} tokens"
-          + (f", image {summary['image_size'][0]}x{summary['image_size'][1]} at "
-             f"{summary['image_bound'][0]}:{summary['image_bound'][1]}" if summary["image_size"]
-             else ", no image"))
-    print(f"memory    peak RSS {human(summary['peak_rss_bytes'])}; read "
-          f"{human(summary['bytes_read'])}, decoded {human(summary['bytes_decoded'])}")
+    print(
+        f"prompt    {summary['prompt_tokens']} tokens"
+        + (
+            f", image {summary['image_size'][0]}x{summary['image_size'][1]} at "
+            f"{summary['image_bound'][0]}:{summary['image_bound'][1]}"
+            if summary["image_size"]
+            else ", no image"
+        )
+    )
+    print(
+        f"memory    peak RSS {human(summary['peak_rss_bytes'])}; read "
+        f"{human(summary['bytes_read'])}, decoded {human(summary['bytes_decoded'])}"
+    )
     if args.logits_out:
-        print(f"logits    [{summary['prompt_tokens']}, {summary['vocab']}] float32 -> "
-              f"{args.logits_out}")
+        print(
+            f"logits    [{summary['prompt_tokens']}, {summary['vocab']}] float32 -> "
+            f"{args.logits_out}"
+        )
     return 0
 
 
@@ -234,38 +255,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"wstream {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sp = sub.add_parser("pack", help="convert a safetensors checkpoint into a .wst container",
-                        description="Convert a .safetensors file, or a directory of shards with "
-                        "model.safetensors.index.json and config.json, into a .wst container.")
+    sp = sub.add_parser(
+        "pack",
+        help="convert a safetensors checkpoint into a .wst container",
+        description="Convert a .safetensors file, or a directory of shards with "
+        "model.safetensors.index.json and config.json, into a .wst container.",
+    )
     sp.add_argument("src", help="a .safetensors file or a checkpoint directory")
     sp.add_argument("-o", "--output", required=True, help="the .wst file to write")
-    sp.add_argument("--codec", choices=("raw", "zstd"), default="raw",
-                    help="chunk codec (default: raw, zero-copy to read)")
-    sp.add_argument("--level", type=int, default=None,
-                    help="zstd level (default: tuned literal coding with --shuffle, else 1; "
-                    "both measured better than higher levels on trained weights)")
-    sp.add_argument("--shuffle", action="store_true",
-                    help="group bytes of each element before zstd (exponents compress, "
-                    "mantissas do not): ~1.49x on bf16, ~1.2x on fp32")
-    sp.add_argument("--quantize", choices=("int8",), default=None,
-                    help="store linear-layer matrices as INT8 with a float32 scale per 128 "
-                    "values (lossy)")
-    sp.add_argument("--dtype", choices=("keep", "bfloat16", "float16", "float32"),
-                    default="keep", help="convert floating-point tensors (round to nearest "
-                    "even; lossy when bits are dropped)")
-    sp.add_argument("--max-chunk", type=parse_size, default=spec.DEFAULT_MAX_CHUNK,
-                    metavar="SIZE", help="largest decoded chunk, e.g. 32M (default: 32M); "
-                    "bigger tensors are split into row blocks")
-    sp.add_argument("--threads", type=int, default=1,
-                    help="threads compressing zstd frames in parallel (default: 1)")
+    sp.add_argument(
+        "--codec",
+        choices=("raw", "zstd"),
+        default="raw",
+        help="chunk codec (default: raw, zero-copy to read)",
+    )
+    sp.add_argument(
+        "--level",
+        type=int,
+        default=None,
+        help="zstd level (default: tuned literal coding with --shuffle, else 1; "
+        "both measured better than higher levels on trained weights)",
+    )
+    sp.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="group bytes of each element before zstd (exponents compress, "
+        "mantissas do not): ~1.49x on bf16, ~1.2x on fp32",
+    )
+    sp.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="store linear-layer matrices as INT8 with a float32 scale per 128 values (lossy)",
+    )
+    sp.add_argument(
+        "--dtype",
+        choices=("keep", "bfloat16", "float16", "float32"),
+        default="keep",
+        help="convert floating-point tensors (round to nearest even; lossy when bits are dropped)",
+    )
+    sp.add_argument(
+        "--max-chunk",
+        type=parse_size,
+        default=spec.DEFAULT_MAX_CHUNK,
+        metavar="SIZE",
+        help="largest decoded chunk, e.g. 32M (default: 32M); "
+        "bigger tensors are split into row blocks",
+    )
+    sp.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads compressing zstd frames in parallel (default: 1)",
+    )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_pack)
 
     sp = sub.add_parser("unpack", help="write a .wst container back as one safetensors file")
     sp.add_argument("src", help="the .wst file")
     sp.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
-    sp.add_argument("--dequantize", action="store_true",
-                    help="allow unpacking a lossy container (its values differ from the source)")
+    sp.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="allow unpacking a lossy container (its values differ from the source)",
+    )
     sp.set_defaults(func=cmd_unpack)
 
     sp = sub.add_parser("info", help="describe a container (reads the manifest only)")
@@ -277,39 +330,76 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("src", help="the .wst file")
     sp.set_defaults(func=cmd_verify)
 
-    sp = sub.add_parser("run", help="run MiniCPM-V on one image slice and a prompt",
-                        description="Prefill the prompt (with one image slice) and decode "
-                        "greedily. Without --image-bound, query_num placeholder positions are "
-                        "prepended to the ids for the image; without an image, the prompt is "
-                        "text only and no vision weight is read.")
+    sp = sub.add_parser(
+        "run",
+        help="run MiniCPM-V on one image slice and a prompt",
+        description="Prefill the prompt (with one image slice) and decode "
+        "greedily. Without --image-bound, query_num placeholder positions are "
+        "prepended to the ids for the image; without an image, the prompt is "
+        "text only and no vision weight is read.",
+    )
     sp.add_argument("src", help="the .wst file")
     image = sp.add_mutually_exclusive_group()
-    image.add_argument("--image", metavar="IMG", help="a PNG/JPEG, resized so its long side is "
-                       "at most 448 and both sides are multiples of 14, and normalised")
-    image.add_argument("--pixels", metavar="PIX.npy",
-                       help="a float32 [3, H, W] array, normalised, H and W multiples of 14")
-    sp.add_argument("--input-ids", required=True, metavar="IDS",
-                    help="token ids: a .npy of integers or a comma list (1,2,3)")
-    sp.add_argument("--image-bound", metavar="A:B",
-                    help="the half-open span of positions the image embeddings replace; its "
-                    "length must be query_num (the ids inside are ignored)")
-    sp.add_argument("--max-new-tokens", type=int, default=8, metavar="N",
-                    help="tokens to generate greedily (default: 8)")
-    sp.add_argument("--logits-out", metavar="OUT.npy",
-                    help="save the prefill logits, float32 [T, vocab]")
-    sp.add_argument("--budget", type=parse_size, metavar="SIZE",
-                    help="memory budget for weights, bytes or K/M/G (default: none)")
-    sp.add_argument("--prefetch", type=int, metavar="K",
-                    help="chunks to keep decoded ahead on worker threads (default: 2)")
-    sp.add_argument("--eager", action="store_true",
-                    help="load every weight up front instead of streaming (the baseline)")
+    image.add_argument(
+        "--image",
+        metavar="IMG",
+        help="a PNG/JPEG, resized so its long side is "
+        "at most 448 and both sides are multiples of 14, and normalised",
+    )
+    image.add_argument(
+        "--pixels",
+        metavar="PIX.npy",
+        help="a float32 [3, H, W] array, normalised, H and W multiples of 14",
+    )
+    sp.add_argument(
+        "--input-ids",
+        required=True,
+        metavar="IDS",
+        help="token ids: a .npy of integers or a comma list (1,2,3)",
+    )
+    sp.add_argument(
+        "--image-bound",
+        metavar="A:B",
+        help="the half-open span of positions the image embeddings replace; its "
+        "length must be query_num (the ids inside are ignored)",
+    )
+    sp.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=8,
+        metavar="N",
+        help="tokens to generate greedily (default: 8)",
+    )
+    sp.add_argument(
+        "--logits-out", metavar="OUT.npy", help="save the prefill logits, float32 [T, vocab]"
+    )
+    sp.add_argument(
+        "--budget",
+        type=parse_size,
+        metavar="SIZE",
+        help="memory budget for weights, bytes or K/M/G (default: none)",
+    )
+    sp.add_argument(
+        "--prefetch",
+        type=int,
+        metavar="K",
+        help="chunks to keep decoded ahead on worker threads (default: 2)",
+    )
+    sp.add_argument(
+        "--eager",
+        action="store_true",
+        help="load every weight up front instead of streaming (the baseline)",
+    )
     sp.add_argument("--json", action="store_true", help="print the report as one JSON object")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("demo", help="generate a small model, pack it, run it, print measurements",
-                        description="Generate a small MiniCPM-V-shaped checkpoint (random "
-                        "weights) in a temporary directory, pack it, run it on a test image and "
-                        "print the time per stage and memory. Needs no network.")
+    sp = sub.add_parser(
+        "demo",
+        help="generate a small model, pack it, run it, print measurements",
+        description="Generate a small MiniCPM-V-shaped checkpoint (random "
+        "weights) in a temporary directory, pack it, run it on a test image and "
+        "print the time per stage and memory. Needs no network.",
+    )
     sp.add_argument("--model", default="small", help=argparse.SUPPRESS)  # tests use "tiny"
     sp.set_defaults(func=cmd_demo)
     return p
@@ -325,7 +415,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (WStreamError, OSError) as exc:
         name = type(exc).__name__
-        msg = exc.strerror + f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        if isinstance(exc, OSError) and exc.filename:
+            msg = f"{exc.strerror or 'cannot open'}: {exc.filename}"
+        else:
+            msg = str(exc)
         print(f"wstream {args.command}: error: {name}: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -85,7 +85,9 @@ def _check_frame(src: Buffer, want: int) -> None:
         raise E.DecodedSizeMismatch(f"zstd frame declares {declared} bytes, expected {want}")
 
 
-def _zstd_read(src: Buffer, want: int, into: Callable[[int], memoryview], done: Callable[[int, int], None]) -> None:
+def _zstd_read(
+    src: Buffer, want: int, into: Callable[[int], memoryview], done: Callable[[int, int], None]
+) -> None:
     """Decode one frame of exactly ``want`` bytes: ``into(pos)`` gives the buffer to fill next,
     ``done(pos, n)`` is told what was written; more or fewer bytes than ``want`` is an error."""
     _check_frame(src, want)
@@ -183,7 +185,9 @@ def _compressor(level: int | None, grouped: bool) -> zstandard.ZstdCompressor:
             params = zstandard.ZstdCompressionParameters(write_content_size=True, **_LITERAL_PARAMS)
             cctx = zstandard.ZstdCompressor(compression_params=params)
         else:
-            cctx = zstandard.ZstdCompressor(level=1 if level is None else level, write_content_size=True)
+            cctx = zstandard.ZstdCompressor(
+                level=1 if level is None else level, write_content_size=True
+            )
         cache[key] = cctx
     return cctx
 
@@ -199,6 +203,17 @@ def _frame_bounds(nbytes: int, group_size: int) -> list[int]:
     if group_size:
         edges.add(group_size * n)
     return sorted(edges)
+
+
+def _ungroup_frame(frame: memoryview, pos: int, raw: int, ungroup: _Ungrouper) -> None:
+    """Decode one frame of a grouped stream through this thread's scratch into its places."""
+    scratch = _scratch()
+    _zstd_read(
+        frame,
+        raw,
+        lambda at: scratch.data[: min(scratch.size, raw - at)],
+        lambda at, n: ungroup.put(scratch[:n], pos + at),
+    )
 
 
 def encode(
@@ -223,7 +238,11 @@ def encode(
     def compress(span: tuple[int, int]) -> bytes:
         return _compressor(zstd_step.level, bool(size)).compress(view[span[0] : span[1]])
 
-    parts = list(executor.map(compress, spans)) if executor is not None else [compress(s) for s in spans]
+    parts = (
+        list(executor.map(compress, spans))
+        if executor is not None
+        else [compress(s) for s in spans]
+    )
     frames = tuple((len(z), b - a) for z, (a, b) in zip(parts, spans))
     recorded = tuple(
         CodecStep(s.id, s.level, s.size, frames) if s.id is CodecId.ZSTD else s for s in pipeline
@@ -273,13 +292,7 @@ def decode_into(
             if ungroup is None:
                 zstd_decode_into(frame, out[pos : pos + raw])
             else:
-                scratch = _scratch()
-                _zstd_read(
-                    frame,
-                    raw,
-                    lambda at: memoryview(scratch)[: min(scratch.size, raw - at)],
-                    lambda at, n: ungroup.put(scratch[:n], pos + at),
-                )
+                _ungroup_frame(frame, pos, raw, ungroup)
 
     if executor is not None and len(jobs) > 1:
         half = len(jobs) // 2

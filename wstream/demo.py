@@ -48,7 +48,9 @@ def _run_in_fresh_process(args: list[str]) -> dict[str, Any]:
     """``wstream run ... --json`` in a new interpreter: its VmHWM is this run's alone."""
     proc = subprocess.run(
         [sys.executable, "-m", "wstream.cli", "run", *args, "--json"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         raise WStreamError(f"demo run failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -63,22 +65,39 @@ def demo(*, model: str = "small", out: Callable[[str], None] = print) -> dict[st
         work = Path(tmp)
         started = time.perf_counter()
         written = write_checkpoint(work / "checkpoint", cfg, seed=0)
-        out(f"checkpoint  {model}: {_mib(written.total_size)} of bf16 in {len(written.files)} "
-            f"shards, generated in {time.perf_counter() - started:.2f} s")
-        packed = pack(written.directory, work / "model.wst", codec="zstd", shuffle=True,
-                      max_chunk=DEMO_MAX_CHUNK)
-        out(f"pack        {packed.tensors} tensors -> {packed.chunks} chunks, "
+        out(
+            f"checkpoint  {model}: {_mib(written.total_size)} of bf16 in {len(written.files)} "
+            f"shards, generated in {time.perf_counter() - started:.2f} s"
+        )
+        packed = pack(
+            written.directory,
+            work / "model.wst",
+            codec="zstd",
+            shuffle=True,
+            max_chunk=DEMO_MAX_CHUNK,
+        )
+        out(
+            f"pack        {packed.tensors} tensors -> {packed.chunks} chunks, "
             f"{_mib(packed.bytes_out)} (zstd + bytegroup, ratio {packed.ratio:.3f}) in "
-            f"{packed.seconds:.2f} s")
+            f"{packed.seconds:.2f} s"
+        )
         _write_image(work / "image.png")
         ids = np.random.default_rng(0).integers(0, cfg.decoder.vocab, TEXT_TOKENS)
-        common = [str(work / "model.wst"), "--image", str(work / "image.png"),
-                  "--input-ids", ",".join(str(int(i)) for i in ids),
-                  "--max-new-tokens", str(NEW_TOKENS)]
+        common = [
+            str(work / "model.wst"),
+            "--image",
+            str(work / "image.png"),
+            "--input-ids",
+            ",".join(str(int(i)) for i in ids),
+            "--max-new-tokens",
+            str(NEW_TOKENS),
+        ]
         runs = [
             ("load-everything baseline", ["--eager"]),
-            (f"streamed, budget {_mib(DEMO_BUDGET)}, prefetch 2",
-             ["--budget", str(DEMO_BUDGET), "--prefetch", "2"]),
+            (
+                f"streamed, budget {_mib(DEMO_BUDGET)}, prefetch 2",
+                ["--budget", str(DEMO_BUDGET), "--prefetch", "2"],
+            ),
         ]
         for label, extra in runs:
             r = _run_in_fresh_process(common + extra)
@@ -86,21 +105,31 @@ def demo(*, model: str = "small", out: Callable[[str], None] = print) -> dict[st
             t = r["timings"]
             stages = "  ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items())
             out(f"\n{label}")
-            out(f"  prompt    {r['prompt_tokens']} tokens, image {r['image_size'][1]} x "
-                f"{r['image_size'][0]} px -> {cfg.resampler.queries} tokens at {r['image_bound']}")
+            out(
+                f"  prompt    {r['prompt_tokens']} tokens, image {r['image_size'][1]} x "
+                f"{r['image_size'][0]} px -> {cfg.resampler.queries} tokens at {r['image_bound']}"
+            )
             out(f"  stages    {stages}")
-            out(f"  decode    {t['decode'] / max(NEW_TOKENS - 1, 1) * 1e3:.0f} ms/token; "
-                f"generated {r['generated']}")
-            out(f"  memory    peak RSS {_mib(r['peak_rss_bytes'])}; read {_mib(r['bytes_read'])}, "
-                f"decoded {_mib(r['bytes_decoded'])}")
+            out(
+                f"  decode    {t['decode'] / max(NEW_TOKENS - 1, 1) * 1e3:.0f} ms/token; "
+                f"generated {r['generated']}"
+            )
+            out(
+                f"  memory    peak RSS {_mib(r['peak_rss_bytes'])}; read {_mib(r['bytes_read'])}, "
+                f"decoded {_mib(r['bytes_decoded'])}"
+            )
             if r["loader"]:
                 ld = r["loader"]
-                out(f"  loader    peak held {_mib(ld['peak_pool_bytes'])} of the budget; stalled "
+                out(
+                    f"  loader    peak held {_mib(ld['peak_pool_bytes'])} of the budget; stalled "
                     f"{ld['stall_seconds'] * 1e3:.0f} ms; {_mib(ld['bytes_read_per_decode_step'])}"
-                    f" re-read per decode step ({_mib(ld['resident_bytes'])} resident)")
+                    f" re-read per decode step ({_mib(ld['resident_bytes'])} resident)"
+                )
         base, streamed = (reports[label] for label, _ in runs)
-        total = lambda r: sum(r["timings"].values())  # noqa: E731
-        out(f"\nstreamed vs baseline: peak RSS {streamed['peak_rss_bytes'] / base['peak_rss_bytes']:.2f}x, "
-            f"wall time {total(streamed) / total(base):.2f}x, same tokens: "
-            f"{streamed['generated'] == base['generated']}")
+        rss = streamed["peak_rss_bytes"] / base["peak_rss_bytes"]
+        wall = sum(streamed["timings"].values()) / sum(base["timings"].values())
+        out(
+            f"\nstreamed vs baseline: peak RSS {rss:.2f}x, wall time {wall:.2f}x, same tokens: "
+            f"{streamed['generated'] == base['generated']}"
+        )
     return reports

@@ -190,7 +190,7 @@ class StreamingLoader(ContainerIndex):
             warm_order, warm = self._warm
             self._warm = None
             if warm_order == order[: len(warm_order)]:
-                warm.extend(order[len(warm_order):], keep=self._keeper(order, repeat))
+                warm.extend(order[len(warm_order) :], keep=self._keeper(order, repeat))
                 return warm
             warm.close()
         return self._new_stream(order, repeat)

@@ -212,7 +212,9 @@ def parse_preamble(data: bytes, file_size: int) -> Preamble:
     if magic != spec.MAGIC:
         raise E.BadMagic(f"magic: {magic!r} is not {spec.MAGIC!r}; not a .wst file")
     if version != spec.VERSION:
-        raise E.UnsupportedVersion(f"version: {version} is not supported (this reader: {spec.VERSION})")
+        raise E.UnsupportedVersion(
+            f"version: {version} is not supported (this reader: {spec.VERSION})"
+        )
     actual = zlib.crc32(data[: spec.PREAMBLE_CRC_SPAN])
     if actual != p_crc:
         raise E.PreambleChecksumMismatch(
@@ -293,7 +295,9 @@ def _decode_json(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise E.ManifestSyntaxError(f"manifest: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        raise E.ManifestSyntaxError(
+            f"manifest: not UTF-8 ({exc.reason} at byte {exc.start})"
+        ) from None
     try:
         doc = json.loads(
             text,
@@ -311,7 +315,9 @@ def _decode_json(data: bytes) -> Any:
     return doc
 
 
-def _obj(value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
+def _obj(
+    value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise E.ManifestSchemaError(f"{where}: expected an object, got {type(value).__name__}")
     keys = set(value)
@@ -340,7 +346,9 @@ def _name(value: Any, where: str) -> str:
     except UnicodeEncodeError:
         raise E.ManifestSchemaError(f"{where}: {value!r} contains an unpaired surrogate") from None
     if not 1 <= size <= spec.MAX_NAME_BYTES:
-        raise E.LimitExceeded(f"{where}: name of {size} bytes is outside [1, {spec.MAX_NAME_BYTES}]")
+        raise E.LimitExceeded(
+            f"{where}: name of {size} bytes is outside [1, {spec.MAX_NAME_BYTES}]"
+        )
     return value
 
 
@@ -399,13 +407,18 @@ def _codec(value: Any, where: str, nbytes: int, raw_nbytes: int) -> tuple[CodecS
             level = None
             if "level" in step:
                 level = _int(step["level"], f"{w}.level", spec.MIN_ZSTD_LEVEL, spec.MAX_ZSTD_LEVEL)
-            frames = _frames(step["frames"], f"{w}.frames", nbytes, raw_nbytes) if "frames" in step else None
+            frames = (
+                _frames(step["frames"], f"{w}.frames", nbytes, raw_nbytes)
+                if "frames" in step
+                else None
+            )
             if i != len(value) - 1:
                 raise E.ManifestSchemaError(f"{w}: zstd must be the last step")
             steps.append(CodecStep(cid, level=level, frames=frames))
     if not any(s.id is CodecId.ZSTD for s in steps) and nbytes != raw_nbytes:
         raise E.DecodedSizeMismatch(
-            f"{where}: a chunk without zstd stores {nbytes} bytes but declares raw_nbytes {raw_nbytes}"
+            f"{where}: a chunk without zstd stores {nbytes} bytes "
+            f"but declares raw_nbytes {raw_nbytes}"
         )
     return tuple(steps)
 
@@ -424,7 +437,9 @@ def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
         raise E.ManifestSchemaError(f"{where}.shape: expected a list, got {shape_raw!r}")
     if len(shape_raw) > spec.MAX_NDIM:
         raise E.LimitExceeded(f"{where}.shape: {len(shape_raw)} dims exceed {spec.MAX_NDIM}")
-    shape = tuple(_int(d, f"{where}.shape[{i}]", 0, spec.MAX_TENSOR_NBYTES) for i, d in enumerate(shape_raw))
+    shape = tuple(
+        _int(d, f"{where}.shape[{i}]", 0, spec.MAX_TENSOR_NBYTES) for i, d in enumerate(shape_raw)
+    )
     total = math.prod(shape) * dtype.itemsize
     if total > spec.MAX_TENSOR_NBYTES:
         raise E.LimitExceeded(f"{where}.shape: {total} bytes exceed {spec.MAX_TENSOR_NBYTES}")
@@ -475,7 +490,9 @@ def _quant(value: Any, where: str, dtype: DType, shape: tuple[int, ...]) -> Quan
     group = _int(q["group"], f"{where}.group", 1, spec.MAX_QUANT_GROUP)
     scales = _int(q["scales"], f"{where}.scales", 0, spec.MAX_CHUNK_RAW_NBYTES)
     if scales % spec.TENSOR_ALIGNMENT:
-        raise E.MisalignedOffset(f"{where}.scales: {scales} is not a multiple of {spec.TENSOR_ALIGNMENT}")
+        raise E.MisalignedOffset(
+            f"{where}.scales: {scales} is not a multiple of {spec.TENSOR_ALIGNMENT}"
+        )
     return Quant(scheme, group, scales)
 
 
@@ -497,7 +514,11 @@ _U64_MAX = (1 << 64) - 1
 
 
 def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
-    c = _obj(value, where, {"name", "group", "offset", "nbytes", "raw_nbytes", "crc32", "codec", "tensors"})
+    c = _obj(
+        value,
+        where,
+        {"name", "group", "offset", "nbytes", "raw_nbytes", "crc32", "codec", "tensors"},
+    )
     name = _name(c["name"], f"{where}.name")
     group = _name(c["group"], f"{where}.group")
     # Any u64 is a well-formed offset or size; one that points outside the chunk data area is
@@ -505,10 +526,13 @@ def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
     offset = _int(c["offset"], f"{where}.offset", 0, _U64_MAX)
     if not spec.DATA_START <= offset <= data_end:
         raise E.OutOfBounds(
-            f"{where}.offset: {offset} is outside the chunk data area [{spec.DATA_START}, {data_end}]"
+            f"{where}.offset: {offset} is outside the chunk data area "
+            f"[{spec.DATA_START}, {data_end}]"
         )
     if offset % spec.CHUNK_ALIGNMENT:
-        raise E.MisalignedOffset(f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}")
+        raise E.MisalignedOffset(
+            f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}"
+        )
     nbytes = _int(c["nbytes"], f"{where}.nbytes", 0, _U64_MAX)
     if offset + nbytes > data_end:
         raise E.OutOfBounds(
@@ -524,7 +548,9 @@ def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
         raise E.LimitExceeded(
             f"{where}.tensors: {len(c['tensors'])} entries exceed {spec.MAX_PIECES_PER_CHUNK}"
         )
-    tensors = tuple(_tensor(t, f"{where}.tensors[{i}]", raw_nbytes) for i, t in enumerate(c["tensors"]))
+    tensors = tuple(
+        _tensor(t, f"{where}.tensors[{i}]", raw_nbytes) for i, t in enumerate(c["tensors"])
+    )
     _check_pieces_disjoint(tensors, f"{where}.tensors")
     return ChunkEntry(name, group, offset, nbytes, raw_nbytes, crc, codec, tensors)
 
@@ -590,17 +616,21 @@ def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
     """Validate manifest bytes; chunks must lie in [DATA_START, data_end)."""
     doc = _obj(_decode_json(data), "manifest", {"writer", "lossy", "config", "metadata", "chunks"})
     if not isinstance(doc["writer"], str) or len(doc["writer"]) > 256:
-        raise E.ManifestSchemaError(f"writer: expected a string of at most 256 characters")
+        raise E.ManifestSchemaError("writer: expected a string of at most 256 characters")
     if not isinstance(doc["lossy"], bool):
         raise E.ManifestSchemaError(f"lossy: expected true or false, got {doc['lossy']!r}")
     config = doc["config"]
     if config is not None and not isinstance(config, dict):
-        raise E.ManifestSchemaError(f"config: expected an object or null, got {type(config).__name__}")
+        raise E.ManifestSchemaError(
+            f"config: expected an object or null, got {type(config).__name__}"
+        )
     metadata = doc["metadata"]
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise E.ManifestSchemaError("metadata: expected an object of string values")
     if len(metadata) > spec.MAX_METADATA_ENTRIES:
-        raise E.LimitExceeded(f"metadata: {len(metadata)} entries exceed {spec.MAX_METADATA_ENTRIES}")
+        raise E.LimitExceeded(
+            f"metadata: {len(metadata)} entries exceed {spec.MAX_METADATA_ENTRIES}"
+        )
     raw_chunks = doc["chunks"]
     if not isinstance(raw_chunks, list):
         raise E.ManifestSchemaError("chunks: expected a list")
@@ -617,7 +647,8 @@ def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
             raise E.DuplicateName(f"chunks[{i}].name: {chunk.name!r} is used twice")
         if chunk.offset < end:
             raise E.OverlappingRegions(
-                f"chunks[{i}].offset: {chunk.offset} is before the end of the previous chunk ({end})"
+                f"chunks[{i}].offset: {chunk.offset} is before the end of the previous chunk "
+                f"({end})"
             )
         if chunks and chunk.group != chunks[-1].group:
             closed_groups.add(chunks[-1].group)

@@ -31,7 +31,9 @@ from wstream.spec import CodecId, DType, QuantScheme
 from wstream.writer import ContainerWriter, align_up
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
-_SLAB_NBYTES = 4 << 20  # converted or quantized tensors are processed this many source bytes at a time
+_SLAB_NBYTES = (
+    4 << 20
+)  # converted or quantized tensors are processed this many source bytes at a time
 _A = spec.TENSOR_ALIGNMENT
 
 
@@ -58,7 +60,10 @@ class Storage:
 
 
 def storage_plan(
-    tensors: Mapping[str, SourceTensor], *, dtype: DType | None = None, quantize: bool = False,
+    tensors: Mapping[str, SourceTensor],
+    *,
+    dtype: DType | None = None,
+    quantize: bool = False,
     group: int = DEFAULT_GROUP,
 ) -> dict[str, Storage]:
     """Per tensor: floating-point tensors take ``dtype`` (None: keep), and with ``quantize``
@@ -212,10 +217,12 @@ class _Filler:
             if p.entry.quant is None and p.entry.dtype is src.dtype:
                 row = src.nbytes // _rows(src) if src.nbytes else 0
                 a, b = p.src_rows
-                self.reader.read_into(src, a * row, memoryview(raw)[p.entry.offset : p.entry.offset + (b - a) * row])
+                self.reader.read_into(
+                    src, a * row, raw.data[p.entry.offset : p.entry.offset + (b - a) * row]
+                )
             else:
                 self._convert(src, p, raw)
-        return memoryview(raw)
+        return raw.data
 
     def _convert(self, src: SourceTensor, p: PiecePlan, raw: np.ndarray) -> None:
         e = p.entry
@@ -229,7 +236,7 @@ class _Filler:
             if self.scratch.size < n * row_src:
                 self.scratch = np.empty(n * row_src, np.uint8)
             chunk = self.scratch[: n * row_src]
-            self.reader.read_into(src, r * row_src, memoryview(chunk))
+            self.reader.read_into(src, r * row_src, chunk.data)
             values = chunk.view(src.dtype.numpy).reshape((n, *src.shape[1:]) if src.shape else ())
             at = e.offset + (r - a) * cols * out_itemsize
             if e.quant is not None:
@@ -281,7 +288,9 @@ def pack(
     if codec not in ("raw", "zstd"):
         raise InputError(f"codec: {codec!r} is not one of 'raw', 'zstd'")
     if level is not None and not spec.MIN_ZSTD_LEVEL <= level <= spec.MAX_ZSTD_LEVEL:
-        raise InputError(f"level: {level} is outside [{spec.MIN_ZSTD_LEVEL}, {spec.MAX_ZSTD_LEVEL}]")
+        raise InputError(
+            f"level: {level} is outside [{spec.MIN_ZSTD_LEVEL}, {spec.MAX_ZSTD_LEVEL}]"
+        )
     if shuffle and codec != "zstd":
         raise InputError("shuffle: byte grouping only helps a compressor; use it with codec 'zstd'")
     if quantize not in (None, "int8"):
@@ -303,8 +312,10 @@ def pack(
     buffers = [np.empty(largest, np.uint8), np.empty(largest, np.uint8)]
     with CheckpointReader(ckpt) as reader, ContainerWriter(dst) as writer:
         fill = _Filler(reader)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as io, \
-                ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wstream-pack-zstd") as cpu:
+        with (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as io,
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wstream-pack-zstd") as cpu,
+        ):
             pending: Future[memoryview] | None = None
             if plans:
                 pending = io.submit(fill, plans[0], buffers[0])
@@ -319,7 +330,9 @@ def pack(
                     pipeline = ((CodecStep(CodecId.BYTEGROUP, size=size),) if size else ()) + (
                         CodecStep(CodecId.ZSTD, level=level),
                     )
-                stored, recorded = codecs.encode(pipeline, raw, executor=cpu if threads > 1 else None)
+                stored, recorded = codecs.encode(
+                    pipeline, raw, executor=cpu if threads > 1 else None
+                )
                 writer.add_chunk(
                     plan.name,
                     plan.group,

@@ -60,9 +60,11 @@ class Slab:
 class Lease:
     """Slabs (and a mapped-bytes charge) held by one user until :meth:`release`."""
 
-    __slots__ = ("_pool", "slabs", "sizes", "mapped", "released")
+    __slots__ = ("_pool", "mapped", "released", "sizes", "slabs")
 
-    def __init__(self, pool: SlabPool, slabs: list[Slab | None], sizes: tuple[int, ...], mapped: int) -> None:
+    def __init__(
+        self, pool: SlabPool, slabs: list[Slab | None], sizes: tuple[int, ...], mapped: int
+    ) -> None:
         self._pool = pool
         self.slabs = slabs  # one per size asked for; None once returned early (or size 0)
         self.sizes = sizes  # bytes the user asked for, per slab
@@ -90,7 +92,9 @@ class Lease:
 
 
 class SlabPool:
-    def __init__(self, capacity: int | None, *, timeout: float = 60.0, poison: bool = False) -> None:
+    def __init__(
+        self, capacity: int | None, *, timeout: float = 60.0, poison: bool = False
+    ) -> None:
         """``capacity`` None means unlimited. ``poison`` fills released slabs with NaN bytes
         (0xFF), so tests can prove that nobody reads a chunk after releasing it."""
         self.capacity = capacity

@@ -42,7 +42,7 @@ def _page_span(chunk: ChunkEntry) -> tuple[int, int]:
 
 
 def _widens(dtype: np.dtype) -> bool:
-    return dtype.kind == "f" and dtype != np.float32 or dtype.name == "bfloat16"
+    return (dtype.kind == "f" and dtype != np.float32) or dtype.name == "bfloat16"
 
 
 def _out_dtype(t: TensorEntry, widen: bool) -> np.dtype:
@@ -140,14 +140,16 @@ def load_chunk(
     else:
         decoded = lease.array(1) if plan.temp_nbytes else lease.array(0)
         try:
-            codecs.decode_into(chunk.codec, src, memoryview(decoded), executor=helper)
+            codecs.decode_into(chunk.codec, src, decoded.data, executor=helper)
         except E.FormatError as exc:
             raise type(exc)(f"chunk {chunk.name!r}: {exc}") from None
     stored_arrays = piece_views(chunk, decoded)
     if plan.converts:
         out = lease.array(0)
         arrays = []
-        for t, a, off, dtype in zip(chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes):
+        for t, a, off, dtype in zip(
+            chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes
+        ):
             dst = out[off : off + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
             if t.quant is None:
                 np.copyto(dst, a, casting="unsafe")  # exact: every bf16/f16 value is a float32
@@ -194,7 +196,7 @@ class StreamStats:
 class StreamChunk:
     """A chunk handed to the consumer: its arrays, valid until release()."""
 
-    __slots__ = ("name", "group", "_names", "_arrays", "_on_release", "released")
+    __slots__ = ("_arrays", "_names", "_on_release", "group", "name", "released")
 
     def __init__(
         self,
@@ -274,8 +276,11 @@ class ChunkStream(Iterator[StreamChunk]):
         # Decodes the second half of a multi-frame chunk while a worker does the first, so one
         # large chunk (the first one, or any with prefetch 0) also gets two threads.
         self._helper: ThreadPoolExecutor | None = (
-            ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="wstream-prefetch-frames")
-            if workers > 1 else None
+            ThreadPoolExecutor(
+                max_workers=workers - 1, thread_name_prefix="wstream-prefetch-frames"
+            )
+            if workers > 1
+            else None
         )
         self._futures: dict[int, Future[Loaded]] = {}
         self._leases: dict[int, Lease] = {}
@@ -362,8 +367,14 @@ class ChunkStream(Iterator[StreamChunk]):
             assert self._executor is not None
             self._leases[i] = lease
             self._futures[i] = self._executor.submit(
-                load_chunk, self.container, plan, lease, self.pool, verify=self.verify,
-                stored=self._stored, helper=self._helper,
+                load_chunk,
+                self.container,
+                plan,
+                lease,
+                self.pool,
+                verify=self.verify,
+                stored=self._stored,
+                helper=self._helper,
             )
             self._next_submit += 1
 

@@ -88,4 +88,3 @@ def is_exact(original: np.ndarray, converted: np.ndarray) -> bool:
     """True when the conversion lost nothing: converting back gives the same bytes."""
     back = converted.astype(original.dtype)
     return bool(back.tobytes() == original.tobytes())
-

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from wstream import codecs, spec
-from wstream.quant import dequantize_int8
 from wstream import errors as E
 from wstream.manifest import ChunkEntry, Manifest, TensorEntry, parse_manifest, parse_preamble
+from wstream.quant import dequantize_int8
 
 
 def _pread_exact(fd: int, n: int, offset: int, what: str) -> bytes:
@@ -154,7 +154,7 @@ class Container:
                 self.check_crc(chunk)
             return np.frombuffer(self.mmap(), np.uint8, chunk.nbytes, chunk.offset)
         out = np.empty(chunk.raw_nbytes, np.uint8)
-        self.decode_into(chunk, memoryview(out), verify=verify)
+        self.decode_into(chunk, out.data, verify=verify)
         return out
 
     # --- tensors ------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ class Container:
             if chunk.is_raw:
                 self.check_crc(chunk)
             else:
-                self.decode_into(chunk, memoryview(scratch)[: chunk.raw_nbytes])
+                self.decode_into(chunk, scratch.data[: chunk.raw_nbytes])
 
     def stream(
         self,
@@ -247,7 +247,10 @@ class Container:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 

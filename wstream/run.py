@@ -76,8 +76,9 @@ class RunReport:
 # --- inputs --------------------------------------------------------------------------------------
 
 
-def load_image(path: str | os.PathLike[str], *, max_side: int = MAX_IMAGE_SIDE,
-               patch: int = 14) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike[str], *, max_side: int = MAX_IMAGE_SIDE, patch: int = 14
+) -> np.ndarray:
     """A PNG/JPEG as normalised pixels [3, H, W] float32: RGB, resized (bicubic, aspect kept) so
     the long side is at most ``max_side`` and both sides are multiples of ``patch``, then
     (x/255 - 0.5) / 0.5 as MiniCPM-V's processor does."""
@@ -129,7 +130,7 @@ def parse_ids(text: str) -> np.ndarray:
 
 
 def parse_bound(text: str) -> tuple[int, int]:
-    """"A:B" -> (A, B)."""
+    """ "A:B" -> (A, B)."""
     try:
         a, b = (int(t) for t in text.split(":"))
     except ValueError:
@@ -181,10 +182,11 @@ def loader_figures(loader: StreamingLoader) -> dict[str, Any]:
         "chunks_streamed": s.chunks - s.resident_hits,
         "resident_hits": s.resident_hits,
         "bytes_read_per_decode_step": (
-            round(sum(h.bytes_read for h in decode_steps) / len(decode_steps)) if decode_steps else 0
+            round(sum(h.bytes_read for h in decode_steps) / len(decode_steps))
+            if decode_steps
+            else 0
         ),
     }
-
 
 
 def run(
@@ -227,8 +229,9 @@ def run(
         weights = factory(container, budget, prefetch)
         try:
             loaded = time.perf_counter()
-            result = generate(weights, ids, pixels=pixels, image_bound=image_bound,
-                              max_new_tokens=max_new_tokens)
+            result = generate(
+                weights, ids, pixels=pixels, image_bound=image_bound, max_new_tokens=max_new_tokens
+            )
         finally:
             close = getattr(weights, "close", None)
             if close is not None:
@@ -237,8 +240,9 @@ def run(
         loader = loader_figures(weights) if isinstance(weights, StreamingLoader) else {}
         chunks = container.manifest.chunks
         bytes_read = getattr(stats, "bytes_read", sum(c.nbytes for c in chunks))
-        bytes_decoded = getattr(stats, "bytes_decoded",
-                                sum(c.raw_nbytes for c in chunks if not c.is_raw))
+        bytes_decoded = getattr(
+            stats, "bytes_decoded", sum(c.raw_nbytes for c in chunks if not c.is_raw)
+        )
     timings = {"open": opened - started, "load": loaded - loading, **result.timings}
     return RunReport(
         generated=result.tokens,

@@ -162,7 +162,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
                 raise SourceError(f"{src}: no *.safetensors file and no {INDEX_NAME}")
         paths = []
         for name in files:
-            p = (directory / name)
+            p = directory / name
             if Path(name).name != name:
                 raise SourceError(f"{index_path}: shard name {name!r} must be a plain file name")
             if not p.is_file():
@@ -186,17 +186,19 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
             tensors[t.name] = t
     if weight_map is not None:
         for name, file in weight_map.items():
-            t = tensors.get(name)
-            if t is None:
+            found = tensors.get(name)
+            if found is None:
                 raise SourceError(f"{INDEX_NAME}: tensor {name!r} is listed in {file!r} but absent")
-            if t.path.name != file:
+            if found.path.name != file:
                 raise SourceError(
-                    f"{INDEX_NAME}: tensor {name!r} is listed in {file!r} but found in {t.path.name!r}"
+                    f"{INDEX_NAME}: tensor {name!r} is listed in {file!r} "
+                    f"but found in {found.path.name!r}"
                 )
         extra = sorted(set(tensors) - set(weight_map))
         if extra:
             raise SourceError(
-                f"{INDEX_NAME}: {len(extra)} tensor(s) in the shards are not listed, e.g. {extra[0]!r}"
+                f"{INDEX_NAME}: {len(extra)} tensor(s) in the shards are not listed, "
+                f"e.g. {extra[0]!r}"
             )
     config_path = directory / "config.json"
     config = _read_json(config_path) if config_path.is_file() else None
@@ -236,6 +238,9 @@ class CheckpointReader:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()

@@ -41,14 +41,18 @@ from wstream.model.config import (
 )
 
 
-def _vlm(vision: tuple[int, int, int, int], decoder: tuple[int, int, int, int, int, int],
-         queries: int = 64) -> VLMConfig:
+def _vlm(
+    vision: tuple[int, int, int, int],
+    decoder: tuple[int, int, int, int, int, int],
+    queries: int = 64,
+) -> VLMConfig:
     """vision (hidden, intermediate, heads, layers); decoder (hidden, intermediate, heads,
     kv_heads, layers, vocab). Patch 14, image_size 980, eps and RoPE base as in 2.6."""
     v = VisionConfig(*vision, patch=14, image_size=980, eps=1e-6)
     d = DecoderConfig(*decoder, eps=1e-6, rope_theta=1e6)
-    r = ResamplerConfig(queries=queries, dim=d.hidden, heads=d.hidden // 128, kv_dim=v.hidden,
-                        eps=1e-6)
+    r = ResamplerConfig(
+        queries=queries, dim=d.hidden, heads=d.hidden // 128, kv_dim=v.hidden, eps=1e-6
+    )
     return VLMConfig(v, r, d)
 
 
@@ -140,7 +144,9 @@ def _header(entries: list[tuple[str, tuple[int, ...]]]) -> bytes:
     for name, shape in entries:
         nbytes = 2 * math.prod(shape)
         doc[name] = {
-            "dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + nbytes]
+            "dtype": "BF16",
+            "shape": list(shape),
+            "data_offsets": [offset, offset + nbytes],
         }
         offset += nbytes
     body = json.dumps(doc, separators=(",", ":")).encode()

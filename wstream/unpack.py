@@ -31,7 +31,11 @@ def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:
     begin = 0
     relative: dict[str, int] = {}
     for t in order:
-        header[t.name] = {"dtype": str(t.dtype), "shape": list(t.shape), "data_offsets": [begin, begin + t.nbytes]}
+        header[t.name] = {
+            "dtype": str(t.dtype),
+            "shape": list(t.shape),
+            "data_offsets": [begin, begin + t.nbytes],
+        }
         relative[t.name] = begin
         begin += t.nbytes
     text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -71,7 +75,7 @@ def unpack(
                         piece = values.astype(e.dtype.numpy)  # round to nearest even
                     else:
                         piece = np.ascontiguousarray(data[e.offset : e.offset + e.nbytes])
-                    out.pwrite_all(piece.reshape(-1).view(np.uint8), at)
+                    out.pwrite_all(piece.reshape(-1).view(np.uint8).data, at)
                 del data
                 c.drop_pages(chunk)
             out.commit()

@@ -145,7 +145,10 @@ class ContainerWriter:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         # Leaving the block without close() (an error, or a forgotten call) publishes nothing.
         self.abort()

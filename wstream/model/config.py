@@ -161,23 +161,37 @@ def from_hf(config: Mapping[str, Any]) -> VLMConfig:
         kv_dim=vision.hidden,
         eps=RESAMPLER_EPS,
     )
-    _divides(vision.heads, vision.hidden,
-             f"vision_config.hidden_size {vision.hidden} is not a multiple of "
-             f"num_attention_heads {vision.heads}")
-    _divides(vision.patch, vision.image_size,
-             f"vision_config.image_size {vision.image_size} is not a multiple of "
-             f"patch_size {vision.patch}")
-    _divides(decoder.heads, decoder.hidden,
-             f"hidden_size {decoder.hidden} is not a multiple of num_attention_heads "
-             f"{decoder.heads}")
-    _divides(decoder.kv_heads, decoder.heads,
-             f"num_attention_heads {decoder.heads} is not a multiple of num_key_value_heads "
-             f"{decoder.kv_heads}")
+    _divides(
+        vision.heads,
+        vision.hidden,
+        f"vision_config.hidden_size {vision.hidden} is not a multiple of "
+        f"num_attention_heads {vision.heads}",
+    )
+    _divides(
+        vision.patch,
+        vision.image_size,
+        f"vision_config.image_size {vision.image_size} is not a multiple of "
+        f"patch_size {vision.patch}",
+    )
+    _divides(
+        decoder.heads,
+        decoder.hidden,
+        f"hidden_size {decoder.hidden} is not a multiple of num_attention_heads {decoder.heads}",
+    )
+    _divides(
+        decoder.kv_heads,
+        decoder.heads,
+        f"num_attention_heads {decoder.heads} is not a multiple of num_key_value_heads "
+        f"{decoder.kv_heads}",
+    )
     _divides(2, decoder.head_dim, f"head dim {decoder.head_dim} must be even for RoPE")
     # The resampler's heads are 128 wide and its 2D sin-cos needs hidden % 4 == 0.
-    _divides(RESAMPLER_HEAD_DIM, decoder.hidden,
-             f"hidden_size {decoder.hidden} is not a multiple of {RESAMPLER_HEAD_DIM} "
-             "(the resampler's head width)")
+    _divides(
+        RESAMPLER_HEAD_DIM,
+        decoder.hidden,
+        f"hidden_size {decoder.hidden} is not a multiple of {RESAMPLER_HEAD_DIM} "
+        "(the resampler's head width)",
+    )
     return VLMConfig(vision, resampler, decoder)
 
 
@@ -235,15 +249,17 @@ def tensor_shapes(cfg: VLMConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}mlp.fc2.weight"] = (v.hidden, v.intermediate)
         shapes[f"{p}mlp.fc2.bias"] = (v.hidden,)
     shapes["vpm.post_layernorm.weight"] = shapes["vpm.post_layernorm.bias"] = (v.hidden,)
-    shapes.update({
-        "resampler.query": (r.queries, r.dim),
-        "resampler.kv_proj.weight": (r.dim, r.kv_dim),
-        "resampler.attn.in_proj_weight": (3 * r.dim, r.dim),
-        "resampler.attn.in_proj_bias": (3 * r.dim,),
-        "resampler.attn.out_proj.weight": (r.dim, r.dim),
-        "resampler.attn.out_proj.bias": (r.dim,),
-        "resampler.proj": (r.dim, r.dim),
-    })
+    shapes.update(
+        {
+            "resampler.query": (r.queries, r.dim),
+            "resampler.kv_proj.weight": (r.dim, r.kv_dim),
+            "resampler.attn.in_proj_weight": (3 * r.dim, r.dim),
+            "resampler.attn.in_proj_bias": (3 * r.dim,),
+            "resampler.attn.out_proj.weight": (r.dim, r.dim),
+            "resampler.attn.out_proj.bias": (r.dim,),
+            "resampler.proj": (r.dim, r.dim),
+        }
+    )
     for norm in ("ln_q", "ln_kv", "ln_post"):
         shapes[f"resampler.{norm}.weight"] = shapes[f"resampler.{norm}.bias"] = (r.dim,)
     shapes["llm.model.embed_tokens.weight"] = (d.vocab, d.hidden)

@@ -48,7 +48,11 @@ def embed(
 
 
 def block(
-    x: np.ndarray, cur: GroupCursor, cfg: DecoderConfig, cache: KVCache, layer: int,
+    x: np.ndarray,
+    cur: GroupCursor,
+    cfg: DecoderConfig,
+    cache: KVCache,
+    layer: int,
     rope: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """One decoder block over the new positions [cache.length, cache.length + T). [T, D]"""

@@ -47,8 +47,9 @@ def resample(
     q = layer_norm(query, cur, "ln_q.", cfg.eps)  # [Q, D]
     pos = sincos_2d(h, w, cfg.dim)  # [L, D]
     qp, kp, vp = in_proj((q, kv + pos, kv), cur, cfg.dim)  # [Q, D], [L, D], [L, D]
-    o = attention(split_heads(qp, cfg.heads), split_heads(kp, cfg.heads),
-                  split_heads(vp, cfg.heads))  # [heads, Q, 128]
+    o = attention(
+        split_heads(qp, cfg.heads), split_heads(kp, cfg.heads), split_heads(vp, cfg.heads)
+    )  # [heads, Q, 128]
     o = linear(merge_heads(o), cur, "attn.out_proj.weight", "attn.out_proj.bias")  # [Q, D]
     o = layer_norm(o, cur, "ln_post.", cfg.eps)  # [Q, D]
     return matmul_in_rows(o, cur, "proj")  # [Q, D] @ [D, D] -> [Q, D]

@@ -148,7 +148,7 @@ def _generic_plans(names: set[str]) -> list[GroupPlan]:
     plans: list[GroupPlan] = []
     if unindexed:
         plans.append(GroupPlan("model.other", "", tuple((n,) for n in sorted(unindexed))))
-    for (prefix, index) in sorted(layers, key=lambda k: (_natural_key(k[0]), k[1])):
+    for prefix, index in sorted(layers, key=lambda k: (_natural_key(k[0]), k[1])):
         members = sorted(layers[(prefix, index)], key=_natural_key)
         plans.append(
             GroupPlan(f"model.{prefix}.{index}", f"{prefix}.{index}.", tuple((n,) for n in members))

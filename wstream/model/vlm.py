@@ -69,20 +69,24 @@ def check_inputs(
     if pixels is not None and image_bound is not None:
         patch, queries = cfg.vision.patch, cfg.resampler.queries
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.float32:
-            raise InputError(f"pixels: dtype {getattr(pixels, 'dtype', type(pixels))}, "
-                             "expected float32")
+            raise InputError(
+                f"pixels: dtype {getattr(pixels, 'dtype', type(pixels))}, expected float32"
+            )
         if pixels.ndim != 3 or pixels.shape[0] != 3:
             raise InputError(f"pixels: shape {pixels.shape}, expected [3, H, W]")
         height, width = pixels.shape[1:]
         if height < patch or width < patch or height % patch or width % patch:
-            raise InputError(f"pixels: H x W = {height} x {width}; both must be positive "
-                             f"multiples of {patch}")
+            raise InputError(
+                f"pixels: H x W = {height} x {width}; both must be positive multiples of {patch}"
+            )
         if not np.isfinite(pixels).all():
             raise InputError("pixels: contains NaN or infinity")
         a, b = image_bound
         if not 0 <= a < b <= len(ids) or b - a != queries:
-            raise InputError(f"image_bound: {a}:{b} must be a span of exactly {queries} "
-                             f"(query_num) positions inside the {len(ids)} input ids")
+            raise InputError(
+                f"image_bound: {a}:{b} must be a span of exactly {queries} "
+                f"(query_num) positions inside the {len(ids)} input ids"
+            )
         text[a:b] = False
     bad = (ids < 0) | (ids >= cfg.decoder.vocab)
     if (bad & text).any():
@@ -100,8 +104,9 @@ def check_weights(source: WeightSource, cfg: VLMConfig) -> dict[str, GroupPlan]:
     """
     plans = {p.name: p for p in execution_order(source.tensor_names)}
     expected = tensor_shapes(cfg)
-    actual = {pc.name: pc.shape for g in plans for c in source.chunks_of(g)
-              for pc in source.pieces_of(c)}
+    actual = {
+        pc.name: pc.shape for g in plans for c in source.chunks_of(g) for pc in source.pieces_of(c)
+    }
     missing = sorted(set(expected) - set(actual))
     extra = sorted(set(actual) - set(expected))
     if missing or extra:
@@ -112,8 +117,9 @@ def check_weights(source: WeightSource, cfg: VLMConfig) -> dict[str, GroupPlan]:
         )
     for name, shape in expected.items():
         if tuple(actual[name]) != shape:
-            raise InputError(f"weights: {name} has shape {list(actual[name])}, config.json "
-                             f"implies {list(shape)}")
+            raise InputError(
+                f"weights: {name} has shape {list(actual[name])}, config.json implies {list(shape)}"
+            )
     return plans
 
 

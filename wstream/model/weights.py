@@ -90,7 +90,9 @@ class GroupCursor:
             return False
         if chunk.group != self.group:
             chunk.release()
-            raise OrderError(f"group {self.group!r}: received chunk {chunk.name!r} of {chunk.group!r}")
+            raise OrderError(
+                f"group {self.group!r}: received chunk {chunk.name!r} of {chunk.group!r}"
+            )
         self._held = chunk
         self._pieces = self._source.pieces_of(chunk.name)
         self._arrays = chunk.arrays()
