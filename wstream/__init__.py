@@ -3,25 +3,40 @@
 Public API::
 
     from wstream import open_container, pack
-    pack("checkpoint_dir", "model.wst", codec="zstd")
+    pack("checkpoint_dir", "model.wst", codec="zstd", shuffle=True)
     with open_container("model.wst") as c:
-        print(c.manifest.groups())
+        for chunk in c.stream(prefetch=2, budget=64 << 20):
+            with chunk:
+                ...
+
+Attributes are imported on first use, so ``wstream info`` (which reads only a manifest) does
+not pay for numpy.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from wstream.errors import FormatError, InputError, LoaderError, SourceError, WStreamError
-from wstream.reader import Container, open_container
+_EXPORTS = {
+    "Container": "wstream.reader",
+    "open_container": "wstream.reader",
+    "StreamingLoader": "wstream.loader",
+    "pack": "wstream.pack",
+    "unpack": "wstream.unpack",
+    "WStreamError": "wstream.errors",
+    "FormatError": "wstream.errors",
+    "SourceError": "wstream.errors",
+    "InputError": "wstream.errors",
+    "LoaderError": "wstream.errors",
+}
+__all__ = ["__version__", *_EXPORTS]
 
-__all__ = [
-    "Container",
-    "FormatError",
-    "InputError",
-    "LoaderError",
-    "SourceError",
-    "WStreamError",
-    "__version__",
-    "open_container",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wstream' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -107,25 +107,30 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 
 def info_dict(path: str) -> dict[str, Any]:
-    from wstream.reader import Container
+    """Everything ``info --json`` prints. Reads the preamble and manifest only (no numpy)."""
+    from wstream.manifest import read_manifest
 
-    with Container(path) as c:
-        m = c.manifest
-        return {
-            "path": path,
-            "file_size": c.file_size,
-            "version": c.preamble.version,
-            "writer": m.writer,
-            "lossy": m.lossy,
-            "tensors": len(m.tensors),
-            "raw_nbytes": sum(ch.raw_nbytes for ch in m.chunks),
-            "stored_nbytes": sum(ch.nbytes for ch in m.chunks),
-            "largest_chunk_raw_nbytes": max((ch.raw_nbytes for ch in m.chunks), default=0),
-            "groups": m.groups(),
-            "config": m.config,
-            "metadata": dict(m.metadata),
-            "chunks": [ch.to_json() for ch in m.chunks],
-        }
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        preamble, m = read_manifest(fd, size)
+    finally:
+        os.close(fd)
+    return {
+        "path": path,
+        "file_size": size,
+        "version": preamble.version,
+        "writer": m.writer,
+        "lossy": m.lossy,
+        "tensors": len(m.tensors),
+        "raw_nbytes": sum(ch.raw_nbytes for ch in m.chunks),
+        "stored_nbytes": sum(ch.nbytes for ch in m.chunks),
+        "largest_chunk_raw_nbytes": max((ch.raw_nbytes for ch in m.chunks), default=0),
+        "groups": m.groups(),
+        "config": m.config,
+        "metadata": dict(m.metadata),
+        "chunks": [ch.to_json() for ch in m.chunks],
+    }
 
 
 def _step_name(step: dict[str, Any]) -> str:

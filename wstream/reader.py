@@ -18,17 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from wstream import codecs, spec
+from wstream import codecs
 from wstream import errors as E
-from wstream.manifest import ChunkEntry, Manifest, TensorEntry, parse_manifest, parse_preamble
+from wstream.manifest import ChunkEntry, TensorEntry, read_manifest
 from wstream.quant import dequantize_int8
-
-
-def _pread_exact(fd: int, n: int, offset: int, what: str) -> bytes:
-    data = os.pread(fd, n, offset)
-    if len(data) != n:
-        raise E.TruncatedFile(f"{what}: expected {n} bytes at offset {offset}, got {len(data)}")
-    return data
 
 
 def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndarray]:
@@ -79,18 +72,7 @@ class Container:
         self._mmap: mmap.mmap | None = None
         try:
             self.file_size = os.fstat(self._fd).st_size
-            head = os.pread(self._fd, spec.PREAMBLE_NBYTES, 0)
-            self.preamble = parse_preamble(head, self.file_size)
-            body = _pread_exact(
-                self._fd, self.preamble.manifest_nbytes, self.preamble.manifest_offset, "manifest"
-            )
-            crc = zlib.crc32(body)
-            if crc != self.preamble.manifest_crc32:
-                raise E.ManifestChecksumMismatch(
-                    f"manifest_crc32: stored {self.preamble.manifest_crc32:#010x}, "
-                    f"computed {crc:#010x}"
-                )
-            self.manifest: Manifest = parse_manifest(body, data_end=self.preamble.manifest_offset)
+            self.preamble, self.manifest = read_manifest(self._fd, self.file_size)
         except BaseException:
             os.close(self._fd)
             raise

@@ -6,10 +6,12 @@ Change a value here only together with the spec (and, for a structural change, `
 from __future__ import annotations
 
 import enum
+import functools
 import struct
+from typing import TYPE_CHECKING, Any
 
-import ml_dtypes
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 MAGIC = b"\x89WST\r\n\x1a\n"  # PNG-style: high bit, CRLF and ^Z catch text-mode mangling
 VERSION = 1
@@ -64,39 +66,55 @@ class DType(enum.StrEnum):
 
     @property
     def itemsize(self) -> int:
-        return _NUMPY[self].itemsize
+        return _ITEMSIZE[self]
 
     @property
-    def numpy(self) -> np.dtype:
+    def numpy(self) -> np.dtype[Any]:
         """The numpy dtype of this element type (ml_dtypes supplies bf16 and the float8s)."""
-        return _NUMPY[self]
+        return _numpy_table()[self]
 
     @classmethod
-    def from_numpy(cls, dtype: np.dtype) -> DType:
+    def from_numpy(cls, dtype: np.dtype[Any]) -> DType:
+        import numpy as np
+
         try:
-            return _FROM_NUMPY[np.dtype(dtype)]
+            return {v: k for k, v in _numpy_table().items()}[np.dtype(dtype)]
         except KeyError:
             raise ValueError(f"dtype {dtype} has no .wst element type") from None
 
 
-_NUMPY: dict[DType, np.dtype] = {
-    DType.BOOL: np.dtype(np.bool_),
-    DType.U8: np.dtype("<u1"),
-    DType.I8: np.dtype("<i1"),
-    DType.F8_E4M3: np.dtype(ml_dtypes.float8_e4m3fn),
-    DType.F8_E5M2: np.dtype(ml_dtypes.float8_e5m2),
-    DType.U16: np.dtype("<u2"),
-    DType.I16: np.dtype("<i2"),
-    DType.F16: np.dtype("<f2"),
-    DType.BF16: np.dtype(ml_dtypes.bfloat16),
-    DType.U32: np.dtype("<u4"),
-    DType.I32: np.dtype("<i4"),
-    DType.F32: np.dtype("<f4"),
-    DType.U64: np.dtype("<u8"),
-    DType.I64: np.dtype("<i8"),
-    DType.F64: np.dtype("<f8"),
-}
-_FROM_NUMPY: dict[np.dtype, DType] = {v: k for k, v in _NUMPY.items()}
+_ITEMSIZE: dict[DType, int] = {
+    DType.BOOL: 1, DType.U8: 1, DType.I8: 1, DType.F8_E4M3: 1, DType.F8_E5M2: 1,
+    DType.U16: 2, DType.I16: 2, DType.F16: 2, DType.BF16: 2,
+    DType.U32: 4, DType.I32: 4, DType.F32: 4,
+    DType.U64: 8, DType.I64: 8, DType.F64: 8,
+}  # fmt: skip
+
+
+@functools.cache
+def _numpy_table() -> dict[DType, np.dtype[Any]]:
+    # Imported on first use: reading a manifest (``wstream info``) needs neither numpy nor
+    # ml_dtypes, and importing them costs more than parsing a large manifest.
+    import ml_dtypes
+    import numpy as np
+
+    return {
+        DType.BOOL: np.dtype(np.bool_),
+        DType.U8: np.dtype("<u1"),
+        DType.I8: np.dtype("<i1"),
+        DType.F8_E4M3: np.dtype(ml_dtypes.float8_e4m3fn),
+        DType.F8_E5M2: np.dtype(ml_dtypes.float8_e5m2),
+        DType.U16: np.dtype("<u2"),
+        DType.I16: np.dtype("<i2"),
+        DType.F16: np.dtype("<f2"),
+        DType.BF16: np.dtype(ml_dtypes.bfloat16),
+        DType.U32: np.dtype("<u4"),
+        DType.I32: np.dtype("<i4"),
+        DType.F32: np.dtype("<f4"),
+        DType.U64: np.dtype("<u8"),
+        DType.I64: np.dtype("<i8"),
+        DType.F64: np.dtype("<f8"),
+    }
 
 
 class CodecId(enum.StrEnum):
