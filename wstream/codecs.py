@@ -216,29 +216,50 @@ def _ungroup_frame(frame: memoryview, pos: int, raw: int, ungroup: _Ungrouper) -
     )
 
 
+def _stream_bytes(raw: np.ndarray, size: int, a: int, b: int) -> memoryview:
+    """Bytes [a, b) of the grouped stream of ``raw``, where [a, b) lies in one plane (or in the
+    tail): gathered into this thread's scratch, so no grouped copy of the chunk is ever made."""
+    n = raw.size // size
+    if a >= n * size:  # the tail is stored as is
+        return raw.data[a:b]
+    plane, e0 = divmod(a, n)
+    out = _encode_scratch(b - a)[: b - a]
+    np.copyto(out, raw[: n * size].reshape(n, size)[e0 : e0 + (b - a), plane])
+    return out.data
+
+
+def _encode_scratch(nbytes: int) -> np.ndarray:
+    buf = getattr(_local, "encode_scratch", None)
+    if buf is None or buf.size < nbytes:
+        buf = _local.encode_scratch = np.empty(max(nbytes, FRAME_NBYTES), np.uint8)
+    return buf
+
+
 def encode(
     pipeline: Sequence[CodecStep], data: Buffer, *, executor: Executor | None = None
-) -> tuple[bytes | Buffer, tuple[CodecStep, ...]]:
-    """Stored bytes of a chunk and the pipeline as recorded (zstd frames filled in).
+) -> tuple[list[Buffer], tuple[CodecStep, ...]]:
+    """Stored bytes of a chunk, as consecutive parts, and the pipeline as recorded (zstd frames
+    filled in). Memory: the compressed frames and a frame of scratch per thread.
 
     The raw pipeline returns ``data`` itself (no copy). With an ``executor``, frames are
     compressed in parallel (zstd releases the GIL)."""
     if not pipeline:
-        return data, ()
+        return [data], ()
     grouping = next((s for s in pipeline if s.id is CodecId.BYTEGROUP), None)
     size = grouping.size or 0 if grouping is not None else 0
-    stream = group(data, size) if size else data
     zstd_step = next((s for s in pipeline if s.id is CodecId.ZSTD), None)
     if zstd_step is None:
-        return stream, tuple(pipeline)
-    view = memoryview(stream).cast("B")
-    bounds = _frame_bounds(len(view), size)
+        return [group(data, size) if size else data], tuple(pipeline)
+    raw = np.frombuffer(data, np.uint8)
+    bounds = _frame_bounds(raw.size, size)
     spans = list(zip(bounds, bounds[1:])) or [(0, 0)]  # an empty chunk is one empty frame
 
     def compress(span: tuple[int, int]) -> bytes:
-        return _compressor(zstd_step.level, bool(size)).compress(view[span[0] : span[1]])
+        a, b = span
+        piece = _stream_bytes(raw, size, a, b) if size else raw.data[a:b]
+        return _compressor(zstd_step.level, bool(size)).compress(piece)
 
-    parts = (
+    parts: list[Buffer] = (
         list(executor.map(compress, spans))
         if executor is not None
         else [compress(s) for s in spans]
@@ -247,7 +268,7 @@ def encode(
     recorded = tuple(
         CodecStep(s.id, s.level, s.size, frames) if s.id is CodecId.ZSTD else s for s in pipeline
     )
-    return b"".join(parts), recorded
+    return parts, recorded
 
 
 def decode_into(

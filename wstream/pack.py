@@ -202,7 +202,11 @@ class _Filler:
         self.lossy = False
         self.scratch = np.empty(0, np.uint8)
 
-    def __call__(self, plan: ChunkPlan, buf: np.ndarray) -> memoryview:
+    def __call__(
+        self, plan: ChunkPlan, buf: np.ndarray, *, crc: bool = False
+    ) -> tuple[memoryview, int | None]:
+        """The chunk's decoded bytes in ``buf``, and with ``crc`` their CRC-32: summed here, on
+        the reading thread, so it overlaps with the writing of the previous chunk."""
         raw = buf[: plan.raw_nbytes]
         regions = sorted(
             [(p.entry.offset, p.entry.nbytes) for p in plan.pieces]
@@ -222,7 +226,7 @@ class _Filler:
                 )
             else:
                 self._convert(src, p, raw)
-        return raw.data
+        return raw.data, zlib.crc32(raw.data) if crc else None
 
     def _convert(self, src: SourceTensor, p: PiecePlan, raw: np.ndarray) -> None:
         e = p.entry
@@ -308,22 +312,25 @@ def pack(
     if dst.resolve() in {f.resolve() for f in ckpt.files}:
         raise InputError(f"output: {dst} is one of the source files")
 
-    # Two buffers: the reader fills one while the other is encoded and written.
-    buffers = [np.empty(largest, np.uint8), np.empty(largest, np.uint8)]
+    # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
+    # written. Compressing is ~10x slower than reading, so for zstd the second buffer would buy
+    # little and cost a chunk of memory (the compressed frames already take up to another one).
+    n_buffers = 2 if codec == "raw" else 1
+    buffers = [np.empty(largest, np.uint8) for _ in range(n_buffers)]
     with CheckpointReader(ckpt) as reader, ContainerWriter(dst) as writer:
         fill = _Filler(reader)
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as io,
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wstream-pack-zstd") as cpu,
         ):
-            pending: Future[memoryview] | None = None
+            pending: Future[tuple[memoryview, int | None]] | None = None
             if plans:
-                pending = io.submit(fill, plans[0], buffers[0])
+                pending = io.submit(fill, plans[0], buffers[0], crc=codec == "raw")
             for i, plan in enumerate(plans):
                 assert pending is not None
-                raw = pending.result()
-                if i + 1 < len(plans):
-                    pending = io.submit(fill, plans[i + 1], buffers[(i + 1) % 2])
+                raw, raw_crc = pending.result()
+                if i + 1 < len(plans) and n_buffers == 2:
+                    pending = io.submit(fill, plans[i + 1], buffers[(i + 1) % 2], crc=True)
                 pipeline: tuple[CodecStep, ...] = ()
                 if codec == "zstd":
                     size = _group_size(plan) if shuffle else 0
@@ -340,8 +347,10 @@ def pack(
                     stored,
                     raw_nbytes=plan.raw_nbytes,
                     codec=recorded,
-                    crc32=zlib.crc32(stored),
+                    crc32=raw_crc if not recorded else None,  # stored == raw: already summed
                 )
+                if i + 1 < len(plans) and n_buffers == 1:
+                    pending = io.submit(fill, plans[i + 1], buffers[0], crc=codec == "raw")
                 if progress is not None:
                     progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
         manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)

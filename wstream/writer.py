@@ -71,21 +71,27 @@ class ContainerWriter:
         name: str,
         group: str,
         tensors: Sequence[TensorEntry],
-        stored: Buffer,
+        stored: Buffer | Sequence[Buffer],
         *,
         raw_nbytes: int,
         codec: tuple[CodecStep, ...] = (),
         crc32: int | None = None,
     ) -> ChunkEntry:
-        """Write one chunk's stored bytes at the next aligned offset and record it."""
+        """Write one chunk's stored bytes (one buffer, or consecutive parts such as zstd frames)
+        at the next aligned offset and record it."""
         file = self._guard("add a chunk")
         if name in self._names:
             raise E.DuplicateName(f"chunk name {name!r} is used twice")
         offset = align_up(self._end, spec.CHUNK_ALIGNMENT)
-        nbytes = memoryview(stored).nbytes
-        if crc32 is None:
-            crc32 = zlib.crc32(stored)
-        file.pwrite_all(stored, offset)
+        parts = [stored] if isinstance(stored, bytes | bytearray | memoryview) else list(stored)
+        nbytes = 0
+        crc = 0
+        for part in parts:
+            file.pwrite_all(part, offset + nbytes)
+            if crc32 is None:
+                crc = zlib.crc32(part, crc)
+            nbytes += memoryview(part).nbytes
+        crc32 = crc if crc32 is None else crc32
         entry = ChunkEntry(name, group, offset, nbytes, raw_nbytes, crc32, codec, tuple(tensors))
         self._chunks.append(entry)
         self._names.add(name)
