@@ -202,7 +202,7 @@ class StreamingLoader(ContainerIndex):
             order,
             prefetch=self.prefetch,
             workers=self.workers,
-            widen=self.widen,
+            planner=self.plan,
             verify=self.verify,
             resident=self.resident,
             keep=self._keeper(order, repeat),

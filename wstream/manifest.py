@@ -353,11 +353,16 @@ def _decode_json(data: bytes) -> Any:
 
 
 def _obj(
-    value: Any, where: str, required: set[str], optional: frozenset[str] = frozenset()
+    value: Any,
+    where: str,
+    required: set[str] | frozenset[str],
+    optional: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise E.ManifestSchemaError(f"{where}: expected an object, got {type(value).__name__}")
-    keys = set(value)
+    keys = value.keys()
+    if keys == required:  # the common case: exactly the required members
+        return value
     missing = required - keys
     if missing:
         raise E.ManifestSchemaError(f"{where}: missing field(s) {sorted(missing)}")
@@ -464,27 +469,40 @@ def _codec(value: Any, where: str, nbytes: int, raw_nbytes: int) -> tuple[CodecS
     return tuple(steps)
 
 
+_DTYPES = {d.value: d for d in DType}
+_TENSOR_KEYS = frozenset({"name", "dtype", "shape", "offset"})
+_TENSOR_OPTIONAL = frozenset({"rows", "quant"})
+
+
+def _shape(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list):
+        raise E.ManifestSchemaError(f"{where}.shape: expected a list, got {value!r}")
+    if len(value) > spec.MAX_NDIM:
+        raise E.LimitExceeded(f"{where}.shape: {len(value)} dims exceed {spec.MAX_NDIM}")
+    if all(type(d) is int and 0 <= d <= spec.MAX_TENSOR_NBYTES for d in value):
+        return tuple(value)
+    for i, d in enumerate(value):  # name the bad dimension
+        _int(d, f"{where}.shape[{i}]", 0, spec.MAX_TENSOR_NBYTES)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
-    t = _obj(value, where, {"name", "dtype", "shape", "offset"}, frozenset({"rows", "quant"}))
+    # Runs once per tensor piece of the model (thousands): field paths for messages are only
+    # formatted when a check fails.
+    t = _obj(value, where, _TENSOR_KEYS, _TENSOR_OPTIONAL)
     name = _name(t["name"], f"{where}.name")
-    if not isinstance(t["dtype"], str):
-        raise E.ManifestSchemaError(f"{where}.dtype: expected a string, got {t['dtype']!r}")
-    try:
-        dtype = DType(t["dtype"])
-    except ValueError:
-        raise E.UnknownDType(f"{where}.dtype: {t['dtype']!r} is not a known dtype") from None
-    shape_raw = t["shape"]
-    if not isinstance(shape_raw, list):
-        raise E.ManifestSchemaError(f"{where}.shape: expected a list, got {shape_raw!r}")
-    if len(shape_raw) > spec.MAX_NDIM:
-        raise E.LimitExceeded(f"{where}.shape: {len(shape_raw)} dims exceed {spec.MAX_NDIM}")
-    shape = tuple(
-        _int(d, f"{where}.shape[{i}]", 0, spec.MAX_TENSOR_NBYTES) for i, d in enumerate(shape_raw)
-    )
+    dtype = _DTYPES.get(t["dtype"]) if isinstance(t["dtype"], str) else None
+    if dtype is None:
+        if not isinstance(t["dtype"], str):
+            raise E.ManifestSchemaError(f"{where}.dtype: expected a string, got {t['dtype']!r}")
+        raise E.UnknownDType(f"{where}.dtype: {t['dtype']!r} is not a known dtype")
+    shape = _shape(t["shape"], where)
     total = math.prod(shape) * dtype.itemsize
     if total > spec.MAX_TENSOR_NBYTES:
         raise E.LimitExceeded(f"{where}.shape: {total} bytes exceed {spec.MAX_TENSOR_NBYTES}")
-    offset = _int(t["offset"], f"{where}.offset", 0, spec.MAX_CHUNK_RAW_NBYTES)
+    offset = t["offset"]
+    if type(offset) is not int or not 0 <= offset <= spec.MAX_CHUNK_RAW_NBYTES:
+        _int(offset, f"{where}.offset", 0, spec.MAX_CHUNK_RAW_NBYTES)
     if offset % spec.TENSOR_ALIGNMENT:
         raise E.MisalignedOffset(
             f"{where}.offset: {offset} is not a multiple of {spec.TENSOR_ALIGNMENT}"

@@ -251,7 +251,7 @@ class ChunkStream(Iterator[StreamChunk]):
         *,
         prefetch: int,
         workers: int,
-        widen: bool,
+        planner: Callable[[str], Plan],
         verify: bool,
         resident: Resident,
         keep: Callable[[int], bool],
@@ -261,9 +261,8 @@ class ChunkStream(Iterator[StreamChunk]):
         self._closed = True  # until fully constructed, so __del__ and close() are no-ops
         self.container = container
         self.pool = pool
-        m = container.manifest
-        self._widen = widen
-        self.plans = [plan_chunk(m.chunks[m.chunk_index[n]], widen) for n in order]
+        self.order = list(order)
+        self._planner = planner  # name -> Plan, cached by the loader: planned when submitted
         self.prefetch = prefetch
         self.verify = verify
         self.stats = StreamStats()
@@ -290,7 +289,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self._on_close = on_close
         self._closed = False
         try:
-            self._check_budget(self.plans)
+            self._check_budget(self.order)
         except BaseException:
             self.close()
             raise
@@ -298,24 +297,22 @@ class ChunkStream(Iterator[StreamChunk]):
 
     def extend(self, order: Sequence[str], *, keep: Callable[[int], bool]) -> None:
         """Append chunks to the order (a warm-up stream adopted by a real request)."""
-        m = self.container.manifest
-        more = [plan_chunk(m.chunks[m.chunk_index[n]], self._widen) for n in order]
         try:
-            self._check_budget(more)
+            self._check_budget(order)
         except BaseException:
             self.close()
             raise
-        self.plans.extend(more)
+        self.order.extend(order)
         self._keep = keep
         self._submit_ahead(block=False)
 
     # --- scheduling ---------------------------------------------------------------------------
 
-    def _check_budget(self, plans: Sequence[Plan]) -> None:
+    def _check_budget(self, order: Sequence[str]) -> None:
         """Fail before any work starts if one chunk cannot fit the budget at all."""
         if self.pool.capacity is None:
             return
-        for plan in plans:
+        for plan in map(self._planner, order):
             cost = SlabPool.cost(*plan.sizes, mapped=plan.mapped)
             if cost > self.pool.capacity:
                 raise E.BudgetTooSmall(
@@ -338,11 +335,11 @@ class ChunkStream(Iterator[StreamChunk]):
     def _submit_more(self, block: bool) -> None:
         while (
             not self._closed
-            and self._next_submit < len(self.plans)
+            and self._next_submit < len(self.order)
             and self._next_submit <= self._next_yield + self.prefetch
         ):
             i = self._next_submit
-            plan = self.plans[i]
+            plan = self._planner(self.order[i])
             if plan.chunk.name in self._resident:
                 self._next_submit += 1
                 continue
@@ -379,11 +376,11 @@ class ChunkStream(Iterator[StreamChunk]):
             self._next_submit += 1
 
     def __next__(self) -> StreamChunk:
-        if self._closed or self._next_yield >= len(self.plans):
+        if self._closed or self._next_yield >= len(self.order):
             self.close()
             raise StopIteration
         i = self._next_yield
-        plan = self.plans[i]
+        plan = self._planner(self.order[i])
         chunk = plan.chunk
         hit = self._resident.get(chunk.name)
         if hit is not None:
@@ -425,7 +422,7 @@ class ChunkStream(Iterator[StreamChunk]):
         return out
 
     def _hand_out(self, i: int, arrays: list[np.ndarray], lease: Lease | None) -> StreamChunk:
-        plan = self.plans[i]
+        plan = self._planner(self.order[i])
 
         def release() -> None:
             self._held.pop(i, None)
@@ -454,8 +451,9 @@ class ChunkStream(Iterator[StreamChunk]):
             self._helper.shutdown(wait=True, cancel_futures=True)
             self._helper = None
         for i, lease in self._leases.items():
-            if i in self._futures and self.plans[i].zero_copy:
-                self.container.drop_pages(self.plans[i].chunk)
+            plan = self._planner(self.order[i])
+            if i in self._futures and plan.zero_copy:
+                self.container.drop_pages(plan.chunk)
             lease.release()
         self._leases.clear()
         self._futures.clear()
