@@ -6,35 +6,78 @@ Conventions: a sequence of T tokens of width d is ``[T, d]``; per-head tensors a
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 F32 = np.float32
 SCORES_BUDGET = 256 << 20  # bytes of attention scores computed at once (bounds [H, Tq, Tk])
+PARALLEL_MIN = 1 << 18  # elements below which splitting rows across threads costs more than it saves
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="wstream-ops")
+
+
+def rowwise(fn: Callable[[np.ndarray], None], x: np.ndarray) -> np.ndarray:
+    """Apply ``fn`` in place to blocks of rows of ``x`` on every core; returns ``x``.
+
+    BLAS runs the matmuls on all cores, but numpy's elementwise ufuncs run on one; they release
+    the GIL, so splitting the rows of gelu, softmax or a norm across threads uses the idle core.
+    Each row is computed exactly as it would be serially, so results are bit-identical.
+    """
+    rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+    parts = min(os.cpu_count() or 1, rows.shape[0])
+    if x.size < PARALLEL_MIN or parts < 2:
+        fn(rows)
+        return x
+    bounds = np.linspace(0, rows.shape[0], parts + 1).astype(int)
+    list(_pool().map(fn, [rows[a:b] for a, b in zip(bounds, bounds[1:])]))
+    return x
 
 
 def normalize(x: np.ndarray, eps: float) -> np.ndarray:
     """LayerNorm without its affine part: zero mean, unit (biased) variance per row. [T, d]"""
-    mean = x.mean(axis=-1, keepdims=True)  # [T, 1]
-    centered = x - mean  # [T, d]
-    var = np.mean(centered * centered, axis=-1, keepdims=True)  # [T, 1]
-    out: np.ndarray = centered * (1.0 / np.sqrt(var + F32(eps)))  # [T, d]
-    return out
+
+    def rows(c: np.ndarray) -> None:
+        c -= c.mean(axis=-1, keepdims=True)  # centered  [t, d]
+        var = np.mean(c * c, axis=-1, keepdims=True)  # [t, 1]
+        c *= 1.0 / np.sqrt(var + F32(eps))
+
+    return rowwise(rows, x.copy())
 
 
 def rms_normalize(x: np.ndarray, eps: float) -> np.ndarray:
     """RMSNorm without its scale: x / sqrt(mean(x^2) + eps) per row. [T, d]"""
-    ms = np.mean(x * x, axis=-1, keepdims=True)  # [T, 1]
-    out: np.ndarray = x * (1.0 / np.sqrt(ms + F32(eps)))  # [T, d]
-    return out
+
+    def rows(c: np.ndarray) -> None:
+        ms = np.mean(c * c, axis=-1, keepdims=True)  # [t, 1]
+        c *= 1.0 / np.sqrt(ms + F32(eps))
+
+    return rowwise(rows, x.copy())
+
+
+def _gelu_tanh_rows(x: np.ndarray) -> None:
+    y = x * x  # [T, d]
+    y *= x
+    y *= F32(0.044715)
+    y += x  # x + 0.044715 x^3
+    y *= F32(math.sqrt(2.0 / math.pi))
+    np.tanh(y, out=y)
+    y += F32(1.0)
+    y *= F32(0.5)
+    x *= y
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (torch's gelu_pytorch_tanh)."""
-    c = F32(math.sqrt(2.0 / math.pi))
-    out: np.ndarray = F32(0.5) * x * (F32(1.0) + np.tanh(c * (x + F32(0.044715) * x * x * x)))
-    return out
+    """GELU, tanh approximation (torch's gelu_pytorch_tanh), in place over ``x``:
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return rowwise(_gelu_tanh_rows, x)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -43,14 +86,16 @@ def silu(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _softmax_rows(x: np.ndarray) -> None:
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+
+
 def softmax(x: np.ndarray, *, inplace: bool = False) -> np.ndarray:
     """Softmax over the last axis (``inplace`` overwrites x: attention scores are the largest
     temporaries of the forward). Rows that are all -inf would be NaN, and never occur here."""
-    out = x if inplace else x.copy()
-    out -= out.max(axis=-1, keepdims=True)
-    np.exp(out, out=out)
-    out /= out.sum(axis=-1, keepdims=True)
-    return out
+    return rowwise(_softmax_rows, x if inplace else x.copy())
 
 
 def split_heads(x: np.ndarray, heads: int) -> np.ndarray:
