@@ -195,7 +195,7 @@ class StreamingLoader(ContainerIndex):
             warm.close()
         return self._new_stream(order, repeat)
 
-    def _new_stream(self, order: list[str], repeat: bool) -> ChunkStream:
+    def _new_stream(self, order: list[str], repeat: bool, *, warm: bool = False) -> ChunkStream:
         return ChunkStream(
             self.container,
             self.pool,
@@ -208,6 +208,7 @@ class StreamingLoader(ContainerIndex):
             keep=self._keeper(order, repeat),
             stored=self._stored,
             on_close=self._closed_stream,
+            eager_start=warm,  # a warm-up has nobody waiting: fill the whole window at once
         )
 
     def _closed_stream(self, stats: StreamStats) -> None:
@@ -222,7 +223,7 @@ class StreamingLoader(ContainerIndex):
         if self._warm is not None:
             self._warm[1].close()
         order = list(chunks)
-        self._warm = (order, self._new_stream(order, False))
+        self._warm = (order, self._new_stream(order, False, warm=True))
 
     def bytes_streamed_per_pass(self, chunks: Sequence[str]) -> int:
         """Stored bytes a walk over ``chunks`` reads, given the current resident set."""

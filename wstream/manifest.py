@@ -12,13 +12,13 @@ import json
 import math
 import os
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from wstream import errors as E
 from wstream import spec
+from wstream.crc import crc32
 from wstream.spec import CodecId, DType, QuantScheme
 
 # --- values --------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def pack_preamble(manifest_offset: int, manifest_nbytes: int, manifest_crc32: in
     body = spec.PREAMBLE.pack(
         spec.MAGIC, spec.VERSION, 0, manifest_offset, manifest_nbytes, manifest_crc32, bytes(24), 0
     )
-    crc = zlib.crc32(body[: spec.PREAMBLE_CRC_SPAN])
+    crc = crc32(body[: spec.PREAMBLE_CRC_SPAN])
     return body[: spec.PREAMBLE_CRC_SPAN] + crc.to_bytes(4, "little")
 
 
@@ -217,7 +217,7 @@ def parse_preamble(data: bytes, file_size: int) -> Preamble:
         raise E.UnsupportedVersion(
             f"version: {version} is not supported (this reader: {spec.VERSION})"
         )
-    actual = zlib.crc32(data[: spec.PREAMBLE_CRC_SPAN])
+    actual = crc32(data[: spec.PREAMBLE_CRC_SPAN])
     if actual != p_crc:
         raise E.PreambleChecksumMismatch(
             f"preamble_crc32: stored {p_crc:#010x}, computed {actual:#010x}"
@@ -256,7 +256,7 @@ def read_manifest(fd: int, file_size: int) -> tuple[Preamble, Manifest]:
             f"manifest: expected {preamble.manifest_nbytes} bytes at offset "
             f"{preamble.manifest_offset}, got {len(body)}"
         )
-    crc = zlib.crc32(body)
+    crc = crc32(body)
     if crc != preamble.manifest_crc32:
         raise E.ManifestChecksumMismatch(
             f"manifest_crc32: stored {preamble.manifest_crc32:#010x}, computed {crc:#010x}"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wstream import codecs, spec
+from wstream.crc import crc32
 from wstream.errors import InputError, SourceError
 from wstream.manifest import CodecStep, Manifest, Quant, TensorEntry
 from wstream.model.schedule import GroupPlan, execution_order
@@ -226,7 +226,7 @@ class _Filler:
                 )
             else:
                 self._convert(src, p, raw)
-        return raw.data, zlib.crc32(raw.data) if crc else None
+        return raw.data, crc32(raw.data) if crc else None
 
     def _convert(self, src: SourceTensor, p: PiecePlan, raw: np.ndarray) -> None:
         e = p.entry

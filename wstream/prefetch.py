@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import mmap
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 
 from wstream import codecs
 from wstream import errors as E
+from wstream.crc import crc32
 from wstream.manifest import ChunkEntry, TensorEntry
 from wstream.pool import Lease, SlabPool
 from wstream.reader import Container, dequantize_into, piece_views
@@ -126,7 +126,7 @@ def load_chunk(
     t0 = time.perf_counter()
     src = (stored or container.stored)(chunk)
     if verify:
-        crc = zlib.crc32(src)
+        crc = crc32(src)
         if crc != chunk.crc32:
             raise E.ChunkChecksumMismatch(
                 f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"
@@ -257,6 +257,7 @@ class ChunkStream(Iterator[StreamChunk]):
         keep: Callable[[int], bool],
         stored: Callable[[ChunkEntry], memoryview] | None = None,
         on_close: Callable[[StreamStats], None] | None = None,
+        eager_start: bool = False,
     ) -> None:
         self._closed = True  # until fully constructed, so __del__ and close() are no-ops
         self.container = container
@@ -287,6 +288,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self._next_yield = 0
         self._held: dict[int, StreamChunk] = {}
         self._on_close = on_close
+        self._eager_start = eager_start
         self._closed = False
         try:
             self._check_budget(self.order)
@@ -333,10 +335,13 @@ class ChunkStream(Iterator[StreamChunk]):
             raise
 
     def _submit_more(self, block: bool) -> None:
+        # Until the first chunk is handed out it has the machine to itself (both threads, no
+        # competing page faults): time to the first compute matters more than the depth.
+        ahead = self.prefetch if self._next_yield or self._eager_start else 0
         while (
             not self._closed
             and self._next_submit < len(self.order)
-            and self._next_submit <= self._next_yield + self.prefetch
+            and self._next_submit <= self._next_yield + ahead
         ):
             i = self._next_submit
             plan = self._planner(self.order[i])
@@ -371,7 +376,10 @@ class ChunkStream(Iterator[StreamChunk]):
                 self.pool,
                 verify=self.verify,
                 stored=self._stored,
-                helper=self._helper,
+                # Split one chunk's frames over two threads only when it is the only work in
+                # flight (the first chunk, or prefetch 0); otherwise workers already fill the
+                # cores and a third thread only adds switching.
+                helper=self._helper if i == self._next_yield else None,
             )
             self._next_submit += 1
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -20,6 +19,7 @@ import numpy as np
 
 from wstream import codecs
 from wstream import errors as E
+from wstream.crc import crc32
 from wstream.manifest import ChunkEntry, TensorEntry, read_manifest
 from wstream.quant import dequantize_int8
 
@@ -109,7 +109,7 @@ class Container:
 
     def check_crc(self, chunk: ChunkEntry, stored: memoryview | None = None) -> None:
         data = self.stored(chunk) if stored is None else stored
-        crc = zlib.crc32(data)
+        crc = crc32(data)
         if crc != chunk.crc32:
             raise E.ChunkChecksumMismatch(
                 f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"

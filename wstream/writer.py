@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import enum
 import os
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from wstream import __version__, spec
+from wstream import __version__, crc, spec
 from wstream import errors as E
 from wstream.atomic import AtomicFile
 from wstream.manifest import (
@@ -85,13 +84,13 @@ class ContainerWriter:
         offset = align_up(self._end, spec.CHUNK_ALIGNMENT)
         parts = [stored] if isinstance(stored, bytes | bytearray | memoryview) else list(stored)
         nbytes = 0
-        crc = 0
+        summed = 0
         for part in parts:
             file.pwrite_all(part, offset + nbytes)
             if crc32 is None:
-                crc = zlib.crc32(part, crc)
+                summed = crc.crc32(part, summed)
             nbytes += memoryview(part).nbytes
-        crc32 = crc if crc32 is None else crc32
+        crc32 = summed if crc32 is None else crc32
         entry = ChunkEntry(name, group, offset, nbytes, raw_nbytes, crc32, codec, tuple(tensors))
         self._chunks.append(entry)
         self._names.add(name)
@@ -127,7 +126,7 @@ class ContainerWriter:
             m_off = self._end
             file.pwrite_all(body, m_off)
             os.ftruncate(file.fd, m_off + len(body))
-            preamble = pack_preamble(m_off, len(body), zlib.crc32(body))
+            preamble = pack_preamble(m_off, len(body), crc.crc32(body))
             file.pwrite_all(preamble, 0)
             # Read our own output back through the reader's parser: a writer bug must never
             # publish a file that readers reject.

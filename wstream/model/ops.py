@@ -16,7 +16,9 @@ import numpy as np
 
 F32 = np.float32
 SCORES_BUDGET = 256 << 20  # bytes of attention scores computed at once (bounds [H, Tq, Tk])
-PARALLEL_MIN = 1 << 18  # elements below which splitting rows across threads costs more than it saves
+PARALLEL_MIN = (
+    1 << 18
+)  # elements below which splitting rows across threads costs more than it saves
 
 
 @functools.cache
