@@ -556,14 +556,14 @@ def _quant(value: Any, where: str, dtype: DType, shape: tuple[int, ...]) -> Quan
 
 
 def _check_pieces_disjoint(tensors: tuple[TensorEntry, ...], where: str) -> None:
-    spans = sorted(
-        [(t.offset, t.offset + t.nbytes, t.name) for t in tensors if t.nbytes]
-        + [
-            (t.quant.scales, t.quant.scales + t.scales_nbytes, f"{t.name} (scales)")
-            for t in tensors
-            if t.quant is not None and t.scales_nbytes
-        ]
-    )
+    spans = []
+    for t in tensors:
+        n = t.nbytes
+        if n:
+            spans.append((t.offset, t.offset + n, t.name))
+        if t.quant is not None and t.scales_nbytes:
+            spans.append((t.quant.scales, t.quant.scales + t.scales_nbytes, f"{t.name} (scales)"))
+    spans.sort()
     for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
         if start_b < end_a:
             raise E.OverlappingRegions(f"{where}: tensors {name_a!r} and {name_b!r} overlap")
