@@ -15,7 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 F32 = np.float32
-SCORES_BUDGET = 256 << 20  # bytes of attention scores computed at once (bounds [H, Tq, Tk])
+# Bytes of attention scores computed at once ([heads, Tq, Tk]). Kept under glibc's largest mmap
+# threshold (32 MiB): a bigger temporary is a fresh mapping every call, and faulting in 64 MiB of
+# scores per vision layer cost more than the softmax itself on this VM.
+SCORES_BUDGET = 16 << 20
 PARALLEL_MIN = (
     1 << 18
 )  # elements below which splitting rows across threads costs more than it saves
@@ -130,15 +133,17 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
         pos = np.arange(tq) + (tk - tq)  # absolute position of each query  [Tq]
         masked = np.tile(np.arange(tk)[None, :] > pos[:, None], (group, 1))  # [G*Tq, Tk]
     out = np.empty_like(qg)  # [Hkv, G*Tq, hd]
-    step = max(1, SCORES_BUDGET // (group * tq * tk * 4))  # K/V heads per batch of scores
+    step = max(1, min(n_kv, SCORES_BUDGET // (group * tq * tk * 4)))  # K/V heads per batch
+    buf = np.empty((step, group * tq, tk), dtype=np.float32)  # scores, reused by every batch
     for h0 in range(0, n_kv, step):
         h1 = min(h0 + step, n_kv)
+        scores = buf[: h1 - h0]  # [n, G*Tq, Tk]
         # K^T made contiguous: numpy's batched matmul runs ~3x slower on a transposed view.
         kt = np.ascontiguousarray(k[h0:h1].transpose(0, 2, 1))  # [n, hd, Tk]
-        scores = qg[h0:h1] @ kt  # [n, G*Tq, Tk]
+        np.matmul(qg[h0:h1], kt, out=scores)
         if masked is not None:
             scores[:, masked] = -np.inf
-        out[h0:h1] = softmax(scores, inplace=True) @ v[h0:h1]  # [n, G*Tq, hd]
+        np.matmul(softmax(scores, inplace=True), v[h0:h1], out=out[h0:h1])  # [n, G*Tq, hd]
     return out.reshape(n_heads, tq, hd)
 
 
