@@ -215,14 +215,23 @@ def test_streamed_equals_eager(packing: str, containers: dict[tuple[str, str], P
         with StreamingLoader(c) as probe:
             smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
     full = packing == "raw-64k"  # the whole grid once; a corner of it for the codecs
-    for k in (0, 1, 2, 4) if full else (0, 2):
-        for budget in (smallest, 4 * smallest, None) if full else (smallest, None):
-            streamed, _ = run_case(
-                path, case, StreamingLoader, budget=budget, prefetch=k, poison=True
-            )
-            assert np.array_equal(streamed.logits, eager.logits), (k, budget)
-            assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
-            assert streamed.tokens == eager.tokens
+    # The workers widen to float32, or (what `wstream run` uses) the forward widens bf16 itself.
+    for widen in ("float32", "dequantize"):
+        for k in (0, 1, 2, 4) if full else (0, 2):
+            for budget in (smallest, 4 * smallest, None) if full else (smallest, None):
+                streamed, _ = run_case(
+                    path,
+                    case,
+                    StreamingLoader,
+                    budget=budget,
+                    prefetch=k,
+                    poison=True,
+                    widen=widen,
+                )
+                where = (widen, k, budget)
+                assert np.array_equal(streamed.logits, eager.logits), where
+                assert np.array_equal(streamed.step_logits, eager.step_logits), where
+                assert streamed.tokens == eager.tokens
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-gqa"])

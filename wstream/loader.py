@@ -24,7 +24,16 @@ import numpy as np
 from wstream.manifest import ChunkEntry
 from wstream.model.weights import Piece
 from wstream.pool import SlabPool
-from wstream.prefetch import ChunkStream, Plan, Resident, StreamChunk, StreamStats, plan_chunk
+from wstream.prefetch import (
+    WIDEN_MODES,
+    ChunkStream,
+    Plan,
+    Resident,
+    StreamChunk,
+    StreamStats,
+    Widen,
+    plan_chunk,
+)
 from wstream.reader import Container, dequantize_into, piece_views
 
 
@@ -110,9 +119,12 @@ class StreamingLoader(ContainerIndex):
     ...         with chunk: use(chunk.arrays())
 
     ``budget`` bounds every byte the loader holds (slabs, idle or leased, and mapped pages of
-    chunks in use); None keeps every chunk once loaded. ``widen`` hands float32 arrays to the
-    consumer (the forward pass); without it, chunks arrive in their stored dtype and raw ones
-    zero-copy. ``verify`` checks each chunk's CRC-32 as it is read.
+    chunks in use); None keeps every chunk once loaded. ``widen`` says what the consumer gets:
+    ``"float32"`` (or True) every float widened by the workers; ``"stored"`` (or False) the
+    stored dtype, raw chunks zero-copy; ``"dequantize"`` only quantized pieces widened, the rest
+    as stored, which is what the forward wants: it widens bf16 piece by piece while the piece is
+    in cache, so float32 weights never travel through memory. ``verify`` checks each chunk's
+    CRC-32 as it is read.
     """
 
     def __init__(
@@ -122,7 +134,7 @@ class StreamingLoader(ContainerIndex):
         budget: int | None = None,
         prefetch: int = 2,
         workers: int = 2,
-        widen: bool = True,
+        widen: bool | str = True,
         verify: bool = True,
         timeout: float = 60.0,
         poison: bool = False,
@@ -134,7 +146,11 @@ class StreamingLoader(ContainerIndex):
         self.budget = budget
         self.prefetch = prefetch
         self.workers = workers
-        self.widen = widen
+        if isinstance(widen, bool):
+            widen = "float32" if widen else "stored"
+        if widen not in WIDEN_MODES:
+            raise ValueError(f"widen: {widen!r} is not one of {WIDEN_MODES} (or a bool)")
+        self.widen: Widen = widen  # type: ignore[assignment]
         self.verify = verify
         self.pool = SlabPool(budget, timeout=timeout, poison=poison)
         self.stats = StreamStats()  # all streams, summed

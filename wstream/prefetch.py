@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -45,10 +46,19 @@ def _widens(dtype: np.dtype) -> bool:
     return (dtype.kind == "f" and dtype != np.float32) or dtype.name == "bfloat16"
 
 
-def _out_dtype(t: TensorEntry, widen: bool) -> np.dtype:
-    """What the consumer gets for a piece: float32 when widening floats, else its dtype."""
+Widen = Literal["float32", "stored", "dequantize"]
+WIDEN_MODES: tuple[str, ...] = ("float32", "stored", "dequantize")
+
+
+def _out_dtype(t: TensorEntry, widen: Widen) -> np.dtype:
+    """What the consumer gets for a piece. ``float32``: every float widened, quantized values
+    dequantized to float32; ``stored``: the declared dtype (quantized values dequantized into
+    it); ``dequantize``: quantized values as float32, every other piece as stored (zero-copy for
+    raw chunks: the forward widens them piece by piece, in cache)."""
     logical = t.dtype.numpy
-    if widen and (_widens(logical) or t.quant is not None):
+    if t.quant is not None:
+        return np.dtype(np.float32) if widen != "stored" else logical
+    if widen == "float32" and _widens(logical):
         return np.dtype(np.float32)
     return logical
 
@@ -83,7 +93,7 @@ class Plan:
         return SlabPool.cost(self.out_nbytes) if not self.zero_copy else self.mapped
 
 
-def plan_chunk(chunk: ChunkEntry, widen: bool) -> Plan:
+def plan_chunk(chunk: ChunkEntry, widen: Widen) -> Plan:
     dtypes = tuple(_out_dtype(t, widen) for t in chunk.tensors)
     same = tuple(t.offset for t in chunk.tensors)
     if all(t.quant is None and d == t.dtype.numpy for t, d in zip(chunk.tensors, dtypes)):

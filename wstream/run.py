@@ -36,7 +36,10 @@ def make_weights(container: Container, budget: int | None, prefetch: int | None)
     """The weight source ``run`` uses: the streaming loader, ``prefetch`` chunks ahead (default
     2) under ``budget`` bytes (None: no limit; every chunk stays once loaded)."""
     return StreamingLoader(
-        container, budget=budget, prefetch=DEFAULT_PREFETCH if prefetch is None else prefetch
+        container,
+        budget=budget,
+        prefetch=DEFAULT_PREFETCH if prefetch is None else prefetch,
+        widen="dequantize",  # the forward widens bf16 in cache-sized pieces itself
     )
 
 

@@ -25,7 +25,8 @@ PARALLEL_MIN = (
 
 
 @functools.cache
-def _pool() -> ThreadPoolExecutor:
+def parallel_pool() -> ThreadPoolExecutor:
+    """Threads for numpy work split across cores (ufuncs and casts release the GIL)."""
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="wstream-ops")
 
 
@@ -42,7 +43,7 @@ def rowwise(fn: Callable[[np.ndarray], None], x: np.ndarray) -> np.ndarray:
         fn(rows)
         return x
     bounds = np.linspace(0, rows.shape[0], parts + 1).astype(int)
-    list(_pool().map(fn, [rows[a:b] for a, b in zip(bounds, bounds[1:])]))
+    list(parallel_pool().map(fn, [rows[a:b] for a, b in zip(bounds, bounds[1:])]))
     return x
 
 

@@ -22,6 +22,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from wstream.errors import WStreamError
+from wstream.model.ops import PARALLEL_MIN, parallel_pool
+
+SUB_ELEMENTS = 1 << 20  # a block reaches the forward as float32 pieces of at most this many
 
 
 class OrderError(WStreamError, RuntimeError):
@@ -82,6 +85,7 @@ class GroupCursor:
         self._pieces: Sequence[Piece] = ()
         self._arrays: Sequence[np.ndarray] = ()
         self._pos = 0  # next unread piece in the held chunk
+        self._scratch = np.empty(0, np.float32)  # widened pieces of the current block
 
     def _advance(self) -> bool:
         self.close()
@@ -162,10 +166,40 @@ class GroupCursor:
                     )
             if start < done or (start != done and not partial):
                 raise OrderError(f"{first.name!r}: block starts at row {start}, expected {done}")
-            yield start, stop, tuple(a for _, a in taken)
+            yield from self._float32_pieces(start, stop, [a for _, a in taken])
             done = stop
             if done >= total:
                 return
+
+    def _float32_pieces(
+        self, start: int, stop: int, arrays: list[np.ndarray]
+    ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+        """A block as float32 pieces of at most SUB_ELEMENTS per array, rows split together.
+
+        Weights may arrive in their stored dtype (bf16 straight from the page cache): each piece
+        is widened into this cursor's scratch just before it is used, so the float32 copy stays
+        in cache and the model is never held in float32. float32 input is cut the same way (as
+        views), so every matmul has the same shape whatever the source: eager and streamed
+        results stay bit-identical."""
+        row = max((a[0].size if a.ndim and a.shape[0] else 1) for a in arrays)
+        n = stop - start
+        step = max(1, SUB_ELEMENTS // max(row, 1))
+        for s0 in range(0, max(n, 1), step):
+            s1 = min(s0 + step, n)
+            parts = [a[s0:s1] if a.ndim else a for a in arrays]
+            need = sum(p.size for p in parts if _widens(p.dtype))
+            if self._scratch.size < need:
+                self._scratch = np.empty(need, np.float32)
+            pieces, used = [], 0
+            for part in parts:
+                if not _widens(part.dtype):
+                    pieces.append(part)
+                    continue
+                dst = self._scratch[used : used + part.size].reshape(part.shape)
+                widen_into(dst, part)
+                used += part.size
+                pieces.append(dst)
+            yield start + s0, start + s1, tuple(pieces)
 
     def close(self) -> None:
         """Release the chunk held, if any."""
@@ -213,3 +247,23 @@ def _take_n(it: Iterator[LoadedChunk], n: int) -> Iterator[LoadedChunk]:
         if chunk is None:
             return
         yield chunk
+
+
+def _widens(dtype: np.dtype) -> bool:
+    """A floating-point dtype other than float32 (bf16, f16, f64): widened before use."""
+    return dtype != np.float32 and (dtype.kind == "f" or dtype.name == "bfloat16")
+
+
+def widen_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst`` (float32) = ``src`` (bf16, f16, f64), on every core: the cast releases the GIL,
+    and in the decode loop widening is most of the work (2 threads measured 3.1 Gelem/s, one
+    1.6). Exact for bf16 and f16."""
+    if src.size < PARALLEL_MIN or src.ndim == 0 or src.shape[0] < 2:
+        np.copyto(dst, src, casting="unsafe")
+        return
+    half = src.shape[0] // 2
+
+    def cast(rows: slice) -> None:
+        np.copyto(dst[rows], src[rows], casting="unsafe")
+
+    list(parallel_pool().map(cast, [slice(0, half), slice(half, None)]))
