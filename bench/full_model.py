@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import MiB, Sampler, drop_cache, resident, wait_quiet, warm  # noqa: E402
+from _measure import MiB, Sampler, drop_cache, resident, wait_quiet, warm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = "1G"
@@ -121,8 +121,10 @@ def ensure_container(data: Path, ckpt: Path, name: str) -> Path:
     log(f"packing {name} ...")
     report = pack(ckpt, out, **recipe)
     write_stamp(out, recipe)
-    log(f"  {report.chunks} chunks, {report.bytes_out / 1e9:.2f} GB, ratio {report.ratio:.3f}, "
-        f"{report.seconds:.0f} s")
+    log(
+        f"  {report.chunks} chunks, {report.bytes_out / 1e9:.2f} GB, ratio {report.ratio:.3f}, "
+        f"{report.seconds:.0f} s"
+    )
     return out
 
 
@@ -150,8 +152,22 @@ def widened_nbytes(container: Path) -> int:
 
 
 def run_request(container: Path, image: Path, ids: str, new_tokens: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "wstream.cli", "run", str(container), "--image", str(image),
-           "--input-ids", ids, "--max-new-tokens", str(new_tokens), "--budget", BUDGET, "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "wstream.cli",
+        "run",
+        str(container),
+        "--image",
+        str(image),
+        "--input-ids",
+        ids,
+        "--max-new-tokens",
+        str(new_tokens),
+        "--budget",
+        BUDGET,
+        "--json",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Sampler(proc.pid) as sampler:
@@ -183,19 +199,30 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(containers.values()))
     need = widened_nbytes(first)
     mem_total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    results["load_everything"] = {"float32_weights_bytes": need, "mem_total_bytes": mem_total,
-                                  "runs_here": need < mem_total}
-    log(f"load-everything would hold {need / GiB:.1f} GiB of float32 weights; this machine has "
-        f"{mem_total / GiB:.1f} GiB: {'it fits' if need < mem_total else 'it cannot run here'}")
+    results["load_everything"] = {
+        "float32_weights_bytes": need,
+        "mem_total_bytes": mem_total,
+        "runs_here": need < mem_total,
+    }
+    log(
+        f"load-everything would hold {need / GiB:.1f} GiB of float32 weights; this machine has "
+        f"{mem_total / GiB:.1f} GiB: {'it fits' if need < mem_total else 'it cannot run here'}"
+    )
 
     wait_quiet(log=log)
     log("vision tower at 2.6 dimensions (weights in RAM after a first pass) ...")
-    proc = subprocess.run([sys.executable, "-c", _VISION_CHILD, str(containers.get("raw", first)),
-                           str(image)], capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _VISION_CHILD, str(containers.get("raw", first)), str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     results["vision"] = json.loads(proc.stdout.strip().splitlines()[-1])
     v = results["vision"]
-    log(f"  {v['gflops']:.0f} GFLOP/s = {v['fraction_of_peak']:.2f} of the matmul peak "
-        f"({v['matmul_peak_gflops']:.0f} GFLOP/s); {min(v['compute_s']):.2f} s per slice")
+    log(
+        f"  {v['gflops']:.0f} GFLOP/s = {v['fraction_of_peak']:.2f} of the matmul peak "
+        f"({v['matmul_peak_gflops']:.0f} GFLOP/s); {min(v['compute_s']):.2f} s per slice"
+    )
 
     for name, path in containers.items():
         for cache in ("cold", "warm") if not args.skip_cold else ("warm",):
@@ -212,13 +239,26 @@ def main(argv: list[str] | None = None) -> int:
             results["runs"][f"{name}/{cache}"] = r
             t = r["timings"]
             ld = r["loader"]
-            log(f"  peak RSS {r['peak_rss_bytes'] / MiB:.0f} MiB (anon {r['sampled'].get('RssAnon', 0) / MiB:.0f}); "
+            log(
+                f"  peak RSS {r['peak_rss_bytes'] / MiB:.0f} MiB (anon {r['sampled'].get('RssAnon', 0) / MiB:.0f}); "
                 + "  ".join(f"{k} {v:.1f}s" for k, v in t.items())
-                + f"; {ld['bytes_read_per_decode_step'] / 1e9:.2f} GB read per decode step")
+                + f"; {ld['bytes_read_per_decode_step'] / 1e9:.2f} GB read per decode step"
+            )
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    results["machine"] = f"{cpu}, {os.cpu_count()} vCPU, {mem_total / GiB:.1f} GiB, {platform.platform()}"
-    results["command"] = "python bench/full_model.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    results["machine"] = (
+        f"{cpu}, {os.cpu_count()} vCPU, {mem_total / GiB:.1f} GiB, {platform.platform()}"
+    )
+    results["command"] = "python bench/full_model.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "full_model.json").write_text(json.dumps(results, indent=1))
