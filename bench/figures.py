@@ -1,4 +1,4 @@
-# ruff: noqa: E501  (f-strings of progress lines and table notes read better unbroken)
+
 """Measure the figures the "container" and "loader" issues ask for, and write them down.
 
     python bench/figures.py [--data DIR] [--only NAME ...] [--quick] [--repeats N]

@@ -110,6 +110,7 @@ def preamble_block(head: bytes) -> str:
 def preamble_table(head: bytes) -> str:
     _, version, flags, m_off, m_len, m_crc, _, p_crc = spec.PREAMBLE.unpack(head)
     hexb = lambda a, b: " ".join(f"{x:02x}" for x in head[a:b])  # noqa: E731
+    hexx = lambda v: f"{v:#010X}".replace("0X", "0x")  # noqa: E731
     return "\n".join(
         [
             "| offset | bytes | field | value |",
@@ -119,11 +120,10 @@ def preamble_table(head: bytes) -> str:
             f"| 12 | `{hexb(12, 16)}` | `flags` | {flags} |",
             f"| 16 | `{hexb(16, 24)}` | `manifest_offset` | {m_off:#x} = {m_off} |",
             f"| 24 | `{hexb(24, 32)}` | `manifest_nbytes` | {m_len:#x} = {m_len} |",
-            f"| 32 | `{hexb(32, 36)}` | `manifest_crc32` | {m_crc:#010X} |".replace("0X", "0x"),
+            f"| 32 | `{hexb(32, 36)}` | `manifest_crc32` | {hexx(m_crc)} |",
             "| 36 | 24 × `00` | `reserved` | zero |",
-            f"| 60 | `{hexb(60, 64)}` | `preamble_crc32` | {p_crc:#010X} = CRC-32 of bytes `[0, 60)` |".replace(
-                "0X", "0x"
-            ),
+            f"| 60 | `{hexb(60, 64)}` | `preamble_crc32` | {hexx(p_crc)} "
+            "= CRC-32 of bytes `[0, 60)` |",
             "",
             f"Check: {m_off} + {m_len} = {m_off + m_len} = the file size (A9, A10).",
         ]
