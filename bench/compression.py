@@ -234,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.processor() or platform.machine()}, {platform.system()} {platform.release()}"
     )
     cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in open("/proc/cpuinfo")
+            if ln.startswith("model name")
+        ),
         "?",
     )
     RESULTS.mkdir(exist_ok=True)

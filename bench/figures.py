@@ -1,4 +1,3 @@
-
 """Measure the figures the "container" and "loader" issues ask for, and write them down.
 
     python bench/figures.py [--data DIR] [--only NAME ...] [--quick] [--repeats N]

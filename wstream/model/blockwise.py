@@ -11,34 +11,40 @@ from __future__ import annotations
 
 import numpy as np
 
-from wstream.model.ops import normalize, rms_normalize, silu
+from wstream.model.ops import normalize, rms_normalize, silu_factor
 from wstream.model.weights import GroupCursor
 
 
-def _assemble(parts: list[np.ndarray]) -> np.ndarray:
-    """Column blocks [T, r1-r0] in row order -> [T, rows] (no copy when there is one block)."""
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-
-
 def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None) -> np.ndarray:
-    """y = x @ W.T + b with W [out, in...] (torch layout; a conv kernel is flattened). [T, out]"""
+    """y = x @ W.T + b with W [out, in...] (torch layout; a conv kernel is flattened). [T, out]
+
+    Each block of rows writes its columns of ``y`` in place (no per-block outputs to join)."""
     names = (weight,) if bias is None else (weight, bias)
-    parts = []
+    y: np.ndarray | None = None
     for r0, r1, arrays in cur.blocks(*names):
+        if y is None:
+            y = np.empty((x.shape[0], cur.block_rows), dtype=np.float32)  # [T, out]
         w = arrays[0].reshape(r1 - r0, -1)  # [rows, in]
-        y = x @ w.T  # [T, in] @ [in, rows] -> [T, rows]
+        out = y[:, r0:r1]  # [T, rows]
+        np.matmul(x, w.T, out=out)  # [T, in] @ [in, rows]
         if bias is not None:
-            y += arrays[1]  # [rows]
-        parts.append(y)
-    return _assemble(parts)
+            out += arrays[1]  # [rows]
+    assert y is not None  # blocks() yields at least one block or raises
+    return y
 
 
 def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:
     """silu(x @ G.T) * (x @ U.T): gate and up are split into the same row blocks. [T, inter]"""
-    parts = []
-    for _, _, (g, u) in cur.blocks(gate, up):
-        parts.append(silu(x @ g.T) * (x @ u.T))  # [T, rows]
-    return _assemble(parts)
+    act: np.ndarray | None = None
+    for r0, r1, (g, u) in cur.blocks(gate, up):
+        if act is None:
+            act = np.empty((x.shape[0], cur.block_rows), dtype=np.float32)  # [T, inter]
+        a = act[:, r0:r1]  # [T, rows]
+        np.matmul(x, g.T, out=a)
+        a *= silu_factor(a)  # silu(x G^T) = (x G^T) * sigmoid(x G^T)
+        a *= x @ u.T  # [T, rows]
+    assert act is not None
+    return act
 
 
 def scale_shift(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None) -> np.ndarray:

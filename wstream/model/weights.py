@@ -24,7 +24,9 @@ import numpy as np
 from wstream.errors import WStreamError
 from wstream.model.ops import PARALLEL_MIN, parallel_pool
 
-SUB_ELEMENTS = 1 << 20  # a block reaches the forward as float32 pieces of at most this many
+# A block reaches the forward as float32 pieces of at most this many elements (16 MiB): small
+# enough to stay in cache between widening and use, large enough for full-speed matmuls.
+SUB_ELEMENTS = 1 << 22
 
 
 class OrderError(WStreamError, RuntimeError):
@@ -86,6 +88,7 @@ class GroupCursor:
         self._arrays: Sequence[np.ndarray] = ()
         self._pos = 0  # next unread piece in the held chunk
         self._scratch = np.empty(0, np.float32)  # widened pieces of the current block
+        self.block_rows = 0
 
     def _advance(self) -> bool:
         self.close()
@@ -156,6 +159,7 @@ class GroupCursor:
                 taken = [self._take(n) for n in names]
             first = taken[0][0]
             total = first.shape[0] if first.shape else 1
+            self.block_rows = total  # rows of the whole tensor(s): callers size outputs by it
             start, stop = first.rows if first.rows is not None else (0, total)
             for piece, _ in taken[1:]:
                 rows = piece.rows if piece.rows is not None else (0, piece.shape[0])
