@@ -68,6 +68,11 @@ QUICK = {
 }
 
 
+# Bump when ``pack`` lays chunks out differently, so containers made by an older one are rebuilt
+# (2: a stage's first item gets a chunk of its own).
+PACK_LAYOUT = 2
+
+
 def _stamp_ok(path: Path, recipe: dict[str, Any]) -> bool:
     stamp = path.with_name(path.name + ".recipe.json")
     if not path.exists() or not stamp.exists():
@@ -187,7 +192,11 @@ class Data:
     ) -> Path:
         recipe = ContainerRecipe(checkpoint, codec, level, shuffle)
         path = self.root / f"{recipe.name}.wst"
-        want = {**asdict(recipe), "checkpoint_recipe": asdict(self.recipes[checkpoint])}
+        want = {
+            **asdict(recipe),
+            "checkpoint_recipe": asdict(self.recipes[checkpoint]),
+            "layout": PACK_LAYOUT,
+        }
         if not _stamp_ok(path, want):
             src = self.checkpoint(checkpoint)
             self.log(
