@@ -127,6 +127,13 @@ def test_the_building_blocks_of_the_cases_are_valid(tmp_path: Path) -> None:
         assert same_tensor(c.tensor("c"), C) and same_tensor(c.tensor("d"), D)
 
 
+def test_config_nested_to_the_depth_limit_is_valid(tmp_path: Path) -> None:
+    # top-level object (depth 1) > config (2) > "k" (3) > 61 more lists: the innermost at 64
+    deep = {"k": json.loads("[" * 62 + "]" * 62), "v": [[1]]}
+    with Container(write(tmp_path, edit(setp("config", deep))())) as c:
+        assert c.manifest.config == deep
+
+
 def test_base_file_is_valid(tmp_path: Path) -> None:
     got = read_everything(write(tmp_path, base_file()))
     assert set(got) == set(EXPECTED)
@@ -419,6 +426,37 @@ OPEN_CASES: dict[str, tuple[Callable[[], bytes], type[E.FormatError]]] = {
     "config-nested-65": (edit(setp("config", json.loads("[" * 65 + "]" * 65))), E.LimitExceeded),
     "config-nested-100000": (
         text_edit(b'{"model_type":"x"}', b"[" * 100_000 + b"]" * 100_000),
+        E.LimitExceeded,
+    ),
+    # Outside config every value has a fixed type; one nested too deep is still a depth error.
+    "shape-nested-65": (
+        edit(setp("chunks.0.tensors.0.shape", json.loads("[" * 65 + "]" * 65))),
+        E.LimitExceeded,
+    ),
+    "frame-nested-65": (
+        edit(setp("chunks.0.codec", [{"id": "zstd", "frames": json.loads("[" * 65 + "]" * 65)}])),
+        E.LimitExceeded,
+    ),
+    "metadata-value-nested-65": (
+        edit(setp("metadata", {"k": json.loads("[" * 65 + "]" * 65)})),
+        E.LimitExceeded,
+    ),
+    "unknown-field-nested-65": (
+        edit(setp("extra", json.loads("[" * 65 + "]" * 65))),
+        E.LimitExceeded,
+    ),
+    # config is at depth 2, its member "k" at 3: 62 nested lists put the innermost at 64, and
+    # its members at 65
+    "config-list-at-depth-65": (
+        edit(setp("config", {"k": json.loads("[" * 63 + "]" * 63)})),
+        E.LimitExceeded,
+    ),
+    "config-scalar-at-depth-65": (
+        edit(setp("config", {"k": json.loads("[" * 62 + "1" + "]" * 62)})),
+        E.LimitExceeded,
+    ),
+    "config-member-at-depth-65": (
+        edit(setp("config", {"k": json.loads("[" * 61 + '{"k": 1}' + "]" * 61)})),
         E.LimitExceeded,
     ),
     # schema

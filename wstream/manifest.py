@@ -8,6 +8,7 @@ Python integers, which cannot wrap.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -265,11 +266,13 @@ def read_manifest(fd: int, file_size: int) -> tuple[Preamble, Manifest]:
 
 
 def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise E.ManifestSyntaxError(f"manifest: duplicate key {k!r}")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):  # rare: find the culprit only then
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise E.ManifestSyntaxError(f"manifest: duplicate key {k!r}")
+            seen.add(k)
     return out
 
 
@@ -297,19 +300,21 @@ def _is_text(value: str) -> bool:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _check_depth(doc: Any, text: str) -> None:
-    """Depth of every value (LimitExceeded), then every string and member name must be text."""
-    level, depth = [doc] if type(doc) is dict or type(doc) is list else [], 1
+def _check_depth(value: Any, depth: int = 1) -> None:
+    """Every value nested in ``value`` (itself at ``depth``) is within MAX_JSON_DEPTH."""
+    level = [value] if type(value) is dict or type(value) is list else []
     while level:  # breadth first, one nesting level at a time, containers only
-        if depth > spec.MAX_JSON_DEPTH:
+        if depth >= spec.MAX_JSON_DEPTH and any(level):  # members (scalars count) lie deeper
             raise E.LimitExceeded(f"manifest: nesting depth exceeds {spec.MAX_JSON_DEPTH}")
         deeper: list[Any] = []
         for node in level:
             values = node.values() if type(node) is dict else node
             deeper.extend(v for v in values if type(v) is dict or type(v) is list)
         level, depth = deeper, depth + 1
-    if _SURROGATE_ESCAPE.search(text) is None:
-        return
+
+
+def _check_text(doc: Any) -> None:
+    """Every string and member name must be text (no unpaired surrogate)."""
     stack: list[Any] = [doc]
     while stack:
         node = stack.pop()
@@ -348,7 +353,8 @@ def _decode_json(data: bytes) -> Any:
         if isinstance(exc, E.WStreamError):
             raise
         raise E.ManifestSyntaxError(f"manifest: invalid JSON ({exc})") from None
-    _check_depth(doc, text)
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        _check_text(doc)
     return doc
 
 
@@ -399,26 +405,35 @@ def _frames(value: Any, where: str, nbytes: int, raw_nbytes: int) -> tuple[tuple
         raise E.ManifestSchemaError(f"{where}: expected a non-empty list of [stored, decoded]")
     if len(value) > spec.MAX_FRAMES_PER_CHUNK:
         raise E.LimitExceeded(f"{where}: {len(value)} frames exceed {spec.MAX_FRAMES_PER_CHUNK}")
-    frames = [tuple(f) for f in value if type(f) is list and len(f) == 2]
-    well_formed = len(frames) == len(value) and all(
-        type(s) is int and type(r) is int and 1 <= s <= nbytes and 0 <= r <= raw_nbytes
-        for s, r in frames
-    )
-    if not well_formed:  # a file has thousands of frames: find the culprit only when one is bad
+    # A file has thousands of frames: checked column-wise with builtins that loop in C, and the
+    # culprit is looked for only when one is bad.
+    well_formed = False
+    if set(map(type, value)) == {list} and sum(map(len, value)) == 2 * len(value):
+        columns = list(zip(*value, strict=False))  # as many columns as the shortest frame
+        if len(columns) == 2:  # every frame has >= 2 items and 2 on average: exactly 2
+            stored, decoded = columns
+            well_formed = (
+                set(map(type, stored)) == {int} == set(map(type, decoded))
+                and 1 <= min(stored)
+                and max(stored) <= nbytes
+                and 0 <= min(decoded)
+                and max(decoded) <= raw_nbytes
+            )
+    if not well_formed:
         for i, f in enumerate(value):
             if not isinstance(f, list) or len(f) != 2:
                 raise E.ManifestSchemaError(f"{where}[{i}]: expected [stored, decoded], got {f!r}")
             _int(f[0], f"{where}[{i}][0]", 1, nbytes)
             _int(f[1], f"{where}[{i}][1]", 0, raw_nbytes)
-    stored_total = sum(f[0] for f in frames)
-    raw_total = sum(f[1] for f in frames)
+        raise AssertionError("unreachable")  # pragma: no cover
+    stored_total, raw_total = sum(stored), sum(decoded)
     if stored_total != nbytes:
         raise E.OutOfBounds(f"{where}: frames store {stored_total} bytes; the chunk has {nbytes}")
     if raw_total != raw_nbytes:
         raise E.DecodedSizeMismatch(
             f"{where}: frames decode to {raw_total} bytes; raw_nbytes is {raw_nbytes}"
         )
-    return tuple(frames)
+    return tuple(zip(stored, decoded, strict=True))
 
 
 def _codec(value: Any, where: str, nbytes: int, raw_nbytes: int) -> tuple[CodecStep, ...]:
@@ -486,7 +501,9 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
+def _tensor(
+    value: Any, where: str, raw_nbytes: int, spans: list[tuple[int, int, str]]
+) -> TensorEntry:
     # Runs once per tensor piece of the model (thousands): field paths for messages are only
     # formatted when a check fails.
     t = _obj(value, where, _TENSOR_KEYS, _TENSOR_OPTIONAL)
@@ -521,15 +538,22 @@ def _tensor(value: Any, where: str, raw_nbytes: int) -> TensorEntry:
         rows = (start, stop)
     quant = _quant(t["quant"], f"{where}.quant", dtype, shape) if "quant" in t else None
     entry = TensorEntry(name, dtype, shape, offset, rows, quant)
-    if offset + entry.nbytes > raw_nbytes:
+    nbytes = entry.nbytes
+    if offset + nbytes > raw_nbytes:
         raise E.OutOfBounds(
-            f"{where}: bytes [{offset}, {offset + entry.nbytes}) exceed raw_nbytes {raw_nbytes}"
+            f"{where}: bytes [{offset}, {offset + nbytes}) exceed raw_nbytes {raw_nbytes}"
         )
-    if quant is not None and quant.scales + entry.scales_nbytes > raw_nbytes:
-        raise E.OutOfBounds(
-            f"{where}.quant.scales: bytes [{quant.scales}, {quant.scales + entry.scales_nbytes}) "
-            f"exceed raw_nbytes {raw_nbytes}"
-        )
+    if nbytes:
+        spans.append((offset, offset + nbytes, name))
+    if quant is not None:
+        scales_nbytes = entry.scales_nbytes
+        if quant.scales + scales_nbytes > raw_nbytes:
+            raise E.OutOfBounds(
+                f"{where}.quant.scales: bytes [{quant.scales}, {quant.scales + scales_nbytes}) "
+                f"exceed raw_nbytes {raw_nbytes}"
+            )
+        if scales_nbytes:
+            spans.append((quant.scales, quant.scales + scales_nbytes, f"{name} (scales)"))
     return entry
 
 
@@ -555,14 +579,8 @@ def _quant(value: Any, where: str, dtype: DType, shape: tuple[int, ...]) -> Quan
     return Quant(scheme, group, scales)
 
 
-def _check_pieces_disjoint(tensors: tuple[TensorEntry, ...], where: str) -> None:
-    spans = []
-    for t in tensors:
-        n = t.nbytes
-        if n:
-            spans.append((t.offset, t.offset + n, t.name))
-        if t.quant is not None and t.scales_nbytes:
-            spans.append((t.quant.scales, t.quant.scales + t.scales_nbytes, f"{t.name} (scales)"))
+def _check_disjoint(spans: list[tuple[int, int, str]], where: str) -> None:
+    """No two byte ranges [start, stop) of a chunk's pieces (values or scales) overlap."""
     spans.sort()
     for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:]):
         if start_b < end_a:
@@ -607,10 +625,11 @@ def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
         raise E.LimitExceeded(
             f"{where}.tensors: {len(c['tensors'])} entries exceed {spec.MAX_PIECES_PER_CHUNK}"
         )
+    spans: list[tuple[int, int, str]] = []
     tensors = tuple(
-        _tensor(t, f"{where}.tensors[{i}]", raw_nbytes) for i, t in enumerate(c["tensors"])
+        _tensor(t, f"{where}.tensors[{i}]", raw_nbytes, spans) for i, t in enumerate(c["tensors"])
     )
-    _check_pieces_disjoint(tensors, f"{where}.tensors")
+    _check_disjoint(spans, f"{where}.tensors")
     return ChunkEntry(name, group, offset, nbytes, raw_nbytes, crc, codec, tensors)
 
 
@@ -673,7 +692,27 @@ def build_manifest(
 
 def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
     """Validate manifest bytes; chunks must lie in [DATA_START, data_end)."""
-    doc = _obj(_decode_json(data), "manifest", {"writer", "lossy", "config", "metadata", "chunks"})
+    # The parse allocates tens of thousands of containers and drops none: a cyclic collection
+    # in the middle would only rescan them (a quarter of the time for a zstd manifest).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        doc = _decode_json(data)
+        try:
+            return _parse_document(doc, data_end)
+        except E.FormatError:
+            # Outside ``config`` every value has a fixed type, so one nested too deep fails a
+            # check of the walk; the depth limit is the error to report then. Walking the whole
+            # document up front instead would cost as much as the JSON parse on every open.
+            _check_depth(doc)
+            raise
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _parse_document(raw: Any, data_end: int) -> Manifest:
+    doc = _obj(raw, "manifest", {"writer", "lossy", "config", "metadata", "chunks"})
     if not isinstance(doc["writer"], str) or len(doc["writer"]) > 256:
         raise E.ManifestSchemaError("writer: expected a string of at most 256 characters")
     if not isinstance(doc["lossy"], bool):
@@ -683,6 +722,7 @@ def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
         raise E.ManifestSchemaError(
             f"config: expected an object or null, got {type(config).__name__}"
         )
+    _check_depth(config, depth=2)  # the one free-form value: checked whether or not all else is
     metadata = doc["metadata"]
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise E.ManifestSchemaError("metadata: expected an object of string values")
