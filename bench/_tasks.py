@@ -7,6 +7,7 @@ and returns a JSON-able dict. Sizes are bytes, times seconds. Run through ``_chi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -338,33 +339,57 @@ def overlap(
     workers: int = 2,
     verify: bool = True,
     seed: int = 0,
+    forward_widens: bool = False,
+    group_prefix: str = "",
 ) -> dict[str, Any]:
     """Per chunk: for every weight matrix W (float32), x[T, in] @ W.T; 1-d weights x * w.
 
-    ``mode`` "eager": EagerWeights (everything decoded and widened first, not timed);
-    "stream": StreamingLoader(widen=True). Only the walk over the chunks is timed."""
+    ``mode`` "eager": every chunk decoded into RAM first (not timed); "stream":
+    StreamingLoader. Only the walk over the chunks is timed.
+
+    ``forward_widens=False``: eager holds float32 (EagerWeights) and the loader's workers widen
+    (widen=True). ``forward_widens=True`` is what ``wstream run`` does: both hold the stored
+    dtype (eager: bf16 copies in RAM; stream: zero-copy views, widen="dequantize") and the
+    consumer widens each matrix in blocks of at most SUB_ELEMENTS, on both cores, into a reused
+    buffer before its matmul, like the forward's linear layers; the consumer's work is then the
+    same in both modes. ``group_prefix`` keeps only the chunks of groups starting with it."""
     import numpy as np
 
     from wstream.loader import EagerWeights, StreamingLoader
-    from wstream.reader import open_container
+    from wstream.model.weights import SUB_ELEMENTS, widen_into
+    from wstream.reader import open_container, piece_views
 
     c = open_container(path)
-    names = [ch.name for ch in c.manifest.chunks]
+    chunks = [ch for ch in c.manifest.chunks if ch.group.startswith(group_prefix)]
+    names = [ch.name for ch in chunks]
     widths = set()
-    for ch in c.manifest.chunks:
+    for ch in chunks:
         for t in ch.tensors:
             shape = t.piece_shape
             widths.add(int(np.prod(shape[1:])) if len(shape) >= 2 else (shape[0] if shape else 1))
     rng = np.random.default_rng(seed)
     xs = {w: rng.standard_normal((tokens, w), dtype=np.float32) for w in widths}
     (xs[max(widths)] @ np.ones((max(widths), 8), np.float32)).sum()  # BLAS warm-up
+    scratch = np.empty(SUB_ELEMENTS, np.float32)
 
     t_setup = time.perf_counter()
-    if mode == "eager":
-        source: Any = EagerWeights(c, verify=verify)
+    source: Any = None
+    if mode == "eager" and forward_widens:
+        held = {
+            ch.name: [np.array(v) for v in piece_views(ch, c.decode(ch, verify=verify))]
+            for ch in chunks
+        }
+        walk: Any = ((contextlib.nullcontext(), held[n]) for n in names)
+    elif mode == "eager":
+        source = EagerWeights(c, verify=verify)
     elif mode == "stream":
         source = StreamingLoader(
-            c, budget=budget, prefetch=prefetch, workers=workers, widen=True, verify=verify
+            c,
+            budget=budget,
+            prefetch=prefetch,
+            workers=workers,
+            verify=verify,
+            widen="dequantize" if forward_widens else True,
         )
     else:
         raise ValueError(mode)
@@ -373,28 +398,44 @@ def overlap(
     flops = 0
     compute = 0.0
     t0 = time.perf_counter()
-    for chunk in source.stream(names):
-        with chunk:
+    if source is not None:
+        walk = ((ch, ch.arrays()) for ch in source.stream(names))
+    for ctx, arrays in walk:
+        with ctx:
             tc = time.perf_counter()
-            for a in chunk.arrays():
+            for a in arrays:
                 if a.ndim >= 2:
                     w = a.reshape(a.shape[0], -1)
-                    y = xs[w.shape[1]] @ w.T
+                    if w.dtype == np.float32:
+                        y = xs[w.shape[1]] @ w.T
+                    else:  # the forward's linear: widen a block of rows, multiply, next block
+                        step = max(1, SUB_ELEMENTS // w.shape[1])
+                        y = np.empty((tokens, w.shape[0]), np.float32)
+                        for r in range(0, w.shape[0], step):
+                            block = w[r : r + step]
+                            buf = scratch[: block.size].reshape(block.shape)
+                            widen_into(buf, block)
+                            np.matmul(xs[w.shape[1]], buf.T, out=y[:, r : r + step])
                     flops += 2 * tokens * w.size
                 elif a.ndim == 1 and a.size:
-                    y = xs[a.shape[0]] * a
+                    y = xs[a.shape[0]] * a.astype(np.float32, copy=False)
                     flops += tokens * a.size
                 del y
             compute += time.perf_counter() - tc
     wall = time.perf_counter() - t0
-    stats = {k: getattr(source.stats, k) for k in source.stats.__dataclass_fields__}
+    stats = (
+        {k: getattr(source.stats, k) for k in source.stats.__dataclass_fields__}
+        if source is not None
+        else {"stall_seconds": 0.0, "read_seconds": 0.0, "decode_seconds": 0.0}
+    )
     pool = getattr(source, "pool", None)
     slabs = (
         {"allocated": pool.slabs_allocated, "reused": pool.slabs_reused}
         if pool is not None
         else None
     )
-    source.close()
+    if source is not None:
+        source.close()
     c.close()
     return {
         "slabs": slabs,
