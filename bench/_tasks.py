@@ -457,7 +457,7 @@ def first_chunk(
     budget: int | None = None,
     prefetch: int = 2,
     workers: int = 2,
-    widen: bool = True,
+    widen: bool | str = True,
     verify: bool = True,
     expect_cold: bool = False,
     preimport: bool = True,

@@ -789,6 +789,11 @@ def fig_first_chunk(ctx: Ctx) -> list[Row]:
     configs = [
         ("defaults: widen=True, verify=True", {"widen": True, "verify": True}),
         ("widen=False, verify=False", {"widen": False, "verify": False}),
+        # what `wstream run` asks for: bf16 handed out zero-copy (the forward widens it)
+        (
+            "as `wstream run`: widen='dequantize', verify=True",
+            {"widen": "dequantize", "verify": True},
+        ),
     ]
     n = max(6, 2 * ctx.repeats) if not ctx.quick else 2
     for ds in ("2g", "10g"):
