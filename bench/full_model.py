@@ -41,6 +41,7 @@ GiB = 1 << 30
 
 _VISION_CHILD = r"""
 import json, sys, time
+import wstream  # first, as `wstream run` does: it configures OpenBLAS before numpy loads it
 import numpy as np
 from wstream.loader import StreamingLoader
 from wstream.model import vision

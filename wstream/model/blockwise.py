@@ -9,9 +9,11 @@ the cursor's group (``"self_attn.q_proj.weight"``).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from wstream.model.ops import normalize, rms_normalize, silu_factor
+from wstream.model.ops import normalize, rms_normalize, rowwise, silu_factor
 from wstream.model.weights import GroupCursor
 
 
@@ -28,7 +30,7 @@ def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None
         out = y[:, r0:r1]  # [T, rows]
         np.matmul(x, w.T, out=out)  # [T, in] @ [in, rows]
         if bias is not None:
-            out += arrays[1]  # [rows]
+            rowwise(functools.partial(_add, b=arrays[1]), out)  # [rows], on both cores
     assert y is not None  # blocks() yields at least one block or raises
     return y
 
@@ -47,25 +49,38 @@ def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:
     return act
 
 
-def scale_shift(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None) -> np.ndarray:
-    """x * w (+ b) per feature: a norm's affine part; a 1-D weight's "rows" are features. [T, d]"""
+def _add(rows: np.ndarray, b: np.ndarray) -> None:
+    np.add(rows, b, out=rows)
+
+
+def _affine(rows: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> None:
+    np.multiply(rows, w, out=rows)
+    if b is not None:
+        np.add(rows, b, out=rows)
+
+
+def scale_shift(
+    x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None, *, inplace: bool = False
+) -> np.ndarray:
+    """x * w (+ b) per feature: a norm's affine part; a 1-D weight's "rows" are features. [T, d]
+
+    ``inplace`` overwrites ``x`` (a norm's own fresh output) instead of allocating."""
     names = (weight,) if bias is None else (weight, bias)
-    out = np.empty_like(x)
+    out = x if inplace else x.copy()
     for r0, r1, arrays in cur.blocks(*names):
-        out[:, r0:r1] = x[:, r0:r1] * arrays[0]  # [T, rows]
-        if bias is not None:
-            out[:, r0:r1] += arrays[1]
+        b = arrays[1] if bias is not None else None
+        rowwise(functools.partial(_affine, w=arrays[0], b=b), out[:, r0:r1])  # [T, rows]
     return out
 
 
 def layer_norm(x: np.ndarray, cur: GroupCursor, prefix: str, eps: float) -> np.ndarray:
     """LayerNorm with ``<prefix>weight`` and ``<prefix>bias``. [T, d] -> [T, d]"""
-    return scale_shift(normalize(x, eps), cur, prefix + "weight", prefix + "bias")
+    return scale_shift(normalize(x, eps), cur, prefix + "weight", prefix + "bias", inplace=True)
 
 
 def rms_norm(x: np.ndarray, cur: GroupCursor, weight: str, eps: float) -> np.ndarray:
     """RMSNorm with a scale and no bias. [T, d] -> [T, d]"""
-    return scale_shift(rms_normalize(x, eps), cur, weight, None)
+    return scale_shift(rms_normalize(x, eps), cur, weight, None, inplace=True)
 
 
 def matmul_in_rows(x: np.ndarray, cur: GroupCursor, name: str) -> np.ndarray:

@@ -25,6 +25,12 @@ PARALLEL_MIN = (
 )  # elements below which splitting rows across threads costs more than it saves
 
 
+# Elements of the blocks ``rowwise`` hands to ``fn`` (256 KiB of float32): small enough that a
+# multi-pass elementwise function (gelu: 8 passes) works in L2; 1024 x 4304 gelu measured 11.5
+# ms in halves, 8 ms in such blocks, on 2 cores.
+CACHE_BLOCK = 1 << 16
+
+
 @functools.cache
 def parallel_pool() -> ThreadPoolExecutor:
     """Threads for numpy work split across cores (ufuncs and casts release the GIL)."""
@@ -44,7 +50,13 @@ def rowwise(fn: Callable[[np.ndarray], None], x: np.ndarray) -> np.ndarray:
         fn(rows)
         return x
     bounds = np.linspace(0, rows.shape[0], parts + 1).astype(int)
-    list(parallel_pool().map(fn, [rows[a:b] for a, b in zip(bounds, bounds[1:])]))
+    step = max(1, CACHE_BLOCK // rows.shape[1])
+
+    def part(a: int, b: int) -> None:
+        for r in range(a, b, step):  # a few rows at a time: gelu's 8 passes stay in L2
+            fn(rows[r : min(r + step, b)])
+
+    list(parallel_pool().map(part, bounds[:-1], bounds[1:]))
     return x
 
 
