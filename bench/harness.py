@@ -122,7 +122,7 @@ def run_child(
         except subprocess.TimeoutExpired:
             proc.kill()
             stdout, stderr = proc.communicate()
-            raise RuntimeError(f"timed out after {timeout:.0f} s") from None
+            raise RuntimeError(f"timed out after {timeout:g} s") from None
     if proc.returncode != 0:
         tail = stderr.strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         raise RuntimeError(f"exit {proc.returncode}: {tail[0]}\n{stderr[-3000:]}")
