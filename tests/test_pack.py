@@ -516,12 +516,34 @@ def _interrupt_commit(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> No
     monkeypatch.setattr(atomic_module.os, "fsync", fsync)
 
 
+def _interrupt_first_write(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    # The writer's very first write (the zeroed preamble area) fails: a full disk at once.
+    import wstream.atomic as atomic_module
+
+    def pwrite(fd: int, data: object, offset: int) -> int:
+        raise exc
+
+    monkeypatch.setattr(atomic_module.os, "pwrite", pwrite)
+
+
+def _interrupt_rename(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
+    # Everything is written and synced; the rename over the target fails.
+    import wstream.atomic as atomic_module
+
+    def replace(src: object, dst: object) -> None:
+        raise exc
+
+    monkeypatch.setattr(atomic_module.os, "replace", replace)
+
+
 INTERRUPTIONS = {
+    "writer-first-write": _interrupt_first_write,
     "writer-add-chunk": _interrupt_add_chunk,
     "source-read": _interrupt_read,
     "encode": _interrupt_encode,
     "writer-close": _interrupt_close,
     "commit-fsync": _interrupt_commit,
+    "commit-rename": _interrupt_rename,
 }
 
 

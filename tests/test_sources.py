@@ -177,8 +177,16 @@ def test_duplicate_tensor_names_across_shards(tmp_path: Path) -> None:
         json.dumps({"metadata": {}}),
         json.dumps({"weight_map": {"a": 3}}),
         json.dumps({"weight_map": ["a"]}),
+        '{"weight_map": {"a": "x.safetensors", "a": "y.safetensors"}}',
     ],
-    ids=["not-json", "not-object", "no-weight-map", "non-string-file", "weight-map-list"],
+    ids=[
+        "not-json",
+        "not-object",
+        "no-weight-map",
+        "non-string-file",
+        "weight-map-list",
+        "duplicate-name",
+    ],
 )
 def test_malformed_index(sharded: Path, index: str) -> None:
     (sharded / INDEX_NAME).write_text(index)
@@ -283,6 +291,18 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
         "lone surrogate",
     ),
     "empty-name": (raw_safetensors({"": t("U8", [4], 0, 4)}, bytes(4)), "name of 0 bytes"),
+    # The same name twice (json.loads alone would keep the last one silently).
+    "duplicate-name": (
+        raw_safetensors(
+            b'{"a": '
+            + json.dumps(t("U8", [2], 0, 2)).encode()
+            + b', "a": '
+            + json.dumps(t("U8", [2], 2, 4)).encode()
+            + b"}",
+            bytes(4),
+        ),
+        "header: duplicate name 'a'",
+    ),
     "name-too-long": (
         raw_safetensors({"x" * 1025: t("U8", [4], 0, 4)}, bytes(4)),
         "name of 1025 bytes",

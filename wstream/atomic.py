@@ -25,7 +25,11 @@ class AtomicFile:
         self.fd: int = fd
         self.tmp = Path(tmp)
         self.done = False
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; publish like open() would
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; publish like open() would
+        except BaseException:
+            self.discard()
+            raise
 
     def pwrite_all(self, data: Buffer, offset: int) -> None:
         view = memoryview(data).cast("B")
@@ -34,10 +38,14 @@ class AtomicFile:
             view, offset = view[n:], offset + n
 
     def commit(self) -> None:
-        os.fsync(self.fd)
+        os.fsync(self.fd)  # if this fails, discard() (or the with block) still cleans up
         os.close(self.fd)
         self.done = True
-        os.replace(self.tmp, self.path)
+        try:
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)  # the target, if any, is untouched
+            raise
         _fsync_dir(self.path.parent)
 
     def discard(self) -> None:

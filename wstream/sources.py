@@ -62,6 +62,18 @@ def _check_name(name: str, where: str) -> None:
         raise SourceError(f"{where}: name of {size} bytes is outside [1, {MAX_NAME_BYTES}]")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json object hook: a name given twice is an error, not "the last one wins"."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise SourceError(f"duplicate name {k!r}")
+            seen.add(k)
+    return out
+
+
 def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
     """Parse and validate one safetensors file's header; returns tensors in file order."""
     try:
@@ -80,7 +92,9 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc.strerror})") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except SourceError as exc:
+        raise SourceError(f"{path}: header: {exc}") from None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise SourceError(f"{path}: header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -134,9 +148,15 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
     return tensors, metadata
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, *, unique: bool = False) -> Any:
+    """``unique``: a member name given twice is an error (the index's weight map); config.json
+    is read as transformers reads it, the last of duplicates winning."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(
+            path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys if unique else None
+        )
+    except SourceError as exc:
+        raise SourceError(f"{path}: {exc}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise SourceError(f"{path}: cannot read JSON ({exc})") from None
 
@@ -148,7 +168,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
         directory = src
         index_path = src / INDEX_NAME
         if index_path.exists():
-            index = _read_json(index_path)
+            index = _read_json(index_path, unique=True)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not all(
                 isinstance(v, str) for v in weight_map.values()

@@ -58,7 +58,11 @@ class ContainerWriter:
         self._names: set[str] = set()
         self._file = AtomicFile(self.path)
         self._end = spec.DATA_START  # next free byte; the preamble is written last
-        self._file.pwrite_all(bytes(spec.DATA_START), 0)
+        try:
+            self._file.pwrite_all(bytes(spec.DATA_START), 0)
+        except BaseException:  # e.g. a full disk: no temporary file is left behind
+            self._file.discard()
+            raise
 
     def _guard(self, action: str) -> AtomicFile:
         if self.state is not WriterState.OPEN:
