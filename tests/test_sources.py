@@ -217,8 +217,10 @@ def test_empty_directory_and_missing_path(tmp_path: Path) -> None:
         ("{oops", "cannot read JSON"),
         ('{"a": "\\ud800"}', "lone surrogate"),
         (b"\xff\xfe{}", "cannot read JSON"),
+        ('{"rope_scaling": NaN}', "config.json: NaN is not valid JSON"),
+        ('{"a": -Infinity}', "config.json: -Infinity is not valid JSON"),
     ],
-    ids=["list", "bad-json", "surrogate", "not-utf8"],
+    ids=["list", "bad-json", "surrogate", "not-utf8", "nan", "minus-infinity"],
 )
 def test_bad_config_json(sharded: Path, config: str | bytes, message: str) -> None:
     path = sharded / "config.json"

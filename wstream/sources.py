@@ -148,12 +148,20 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
     return tensors, metadata
 
 
+def _no_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity; the manifest that carries config.json is strict JSON
+    # (SPEC.md), so refuse them here, before any tensor is packed.
+    raise SourceError(f"{name} is not valid JSON (the container's manifest is strict JSON)")
+
+
 def _read_json(path: Path, *, unique: bool = False) -> Any:
     """``unique``: a member name given twice is an error (the index's weight map); config.json
     is read as transformers reads it, the last of duplicates winning."""
     try:
         return json.loads(
-            path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys if unique else None
+            path.read_text(encoding="utf-8"),
+            object_pairs_hook=_unique_keys if unique else None,
+            parse_constant=_no_constant,
         )
     except SourceError as exc:
         raise SourceError(f"{path}: {exc}") from None
