@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -40,6 +41,28 @@ def _page_span(chunk: ChunkEntry) -> tuple[int, int]:
     start = chunk.offset - chunk.offset % PAGE
     end = chunk.offset + chunk.nbytes
     return start, -(-end // PAGE) * PAGE - start
+
+
+# Linux >= 5.14: fill a range's page tables, reading what is not cached, without copying.
+# Python 3.11's mmap module does not name it; elsewhere the number may mean something else.
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
+
+
+def _prefault(container: Container, chunk: ChunkEntry, src: memoryview) -> None:
+    """Map a zero-copy chunk's pages in on the worker (reading them from disk if need be), so the
+    consumer's first touches neither fault nor wait for I/O. Without this, an unverified raw
+    chunk cost its consumer ~13% more time in the matmuls that first read it (decoder prefill,
+    2-core BLAS). A verified chunk needs nothing: the CRC has touched every page."""
+    if _MADV_POPULATE_READ is not None:
+        start, length = _page_span(chunk)
+        try:
+            container.mmap().madvise(_MADV_POPULATE_READ, start, length)
+            return
+        except (OSError, ValueError):  # an older kernel: EINVAL
+            pass
+    pages = np.frombuffer(src, np.uint8)[::PAGE]
+    if pages.size:
+        pages.max()  # one read per page
 
 
 def _widens(dtype: np.dtype) -> bool:
@@ -141,6 +164,8 @@ def load_chunk(
             raise E.ChunkChecksumMismatch(
                 f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"
             )
+    elif plan.zero_copy:
+        _prefault(container, chunk, src)
     t1 = time.perf_counter()
     if plan.zero_copy:
         data = np.frombuffer(src, np.uint8)
