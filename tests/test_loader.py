@@ -301,3 +301,32 @@ def test_crc_can_be_switched_off(container: Container) -> None:
     assert all(
         zlib.crc32(container.stored(container.chunk(x))) == container.chunk(x).crc32 for x in names
     )
+
+
+@pytest.mark.parametrize("populate", ["madvise", "touch"])
+def test_unverified_zero_copy_chunks_are_mapped_in_by_the_worker(
+    container: Container, populate: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Without a CRC nothing on the worker touches a zero-copy chunk: it maps the pages in
+    # (MADV_POPULATE_READ, or a read per page where the kernel lacks it). The bytes are the same.
+    import wstream.prefetch as prefetch
+
+    if populate == "touch":
+        monkeypatch.setattr(prefetch, "_MADV_POPULATE_READ", None)
+    seen: list[str] = []
+    real = prefetch._prefault
+
+    def spy(c: Container, chunk: ChunkEntry, src: memoryview) -> None:
+        seen.append(chunk.name)
+        real(c, chunk, src)
+
+    monkeypatch.setattr(prefetch, "_prefault", spy)
+    names = _names(container)
+    want = _expected(container, widen=False)
+    with StreamingLoader(container, verify=False, widen="stored") as loader:
+        for chunk in loader.stream(names):
+            with chunk:
+                got = [a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()]
+            assert got == want[chunk.name]
+    raw = [n for n in names if container.chunk(n).is_raw]
+    assert seen == raw  # every raw (zero-copy) chunk, and only those
