@@ -73,11 +73,17 @@ class Sampler:
                 s = status(self.pid)
             except (FileNotFoundError, ProcessLookupError, ValueError):
                 return
+            if "VmRSS" not in s:  # exited, not yet reaped
+                return
             self.samples += 1
+            self._record(s)
             for k, v in s.items():
                 if v > self.peak.get(k, -1):
                     self.peak[k] = v
             time.sleep(self.interval)
+
+    def _record(self, s: dict[str, int]) -> None:
+        """Called with each sample (subclasses keep the series)."""
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -153,19 +159,19 @@ def resident(*paths: str | os.PathLike[str]) -> float:
     return cached / total if total else 1.0
 
 
+def read_through(path: str | os.PathLike[str], buf: memoryview) -> int:
+    """Read a file front to back into one reused buffer; returns bytes read."""
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while got := f.readinto(buf):
+            n += got
+    return n
+
+
 def warm(*paths: str | os.PathLike[str], bufsize: int = 16 * MiB) -> int:
     """Read files through once so they sit in the page cache; returns bytes read."""
-    buf = bytearray(bufsize)
-    view = memoryview(buf)
-    n = 0
-    for p in files_of(paths):
-        with open(p, "rb", buffering=0) as f:
-            while True:
-                got = f.readinto(view)
-                if not got:
-                    break
-                n += got
-    return n
+    view = memoryview(bytearray(bufsize))
+    return sum(read_through(p, view) for p in files_of(paths))
 
 
 # --- subprocesses -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _measure import files_of, reset_peak, resident, status
+from _measure import files_of, read_through, reset_peak, resident, status
 
 MiB = 1 << 20
 
@@ -218,15 +218,8 @@ def sequential_read(path: str, bufsize: int = 16 * MiB, expect_cold: bool = True
     res = resident(path) if expect_cold else None
     buf = np.empty(bufsize, np.uint8)
     buf[:] = 0  # fault the buffer in before timing
-    view = memoryview(buf)
-    n = 0
     t0 = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            got = f.readinto(view)
-            if not got:
-                break
-            n += got
+    n = read_through(path, memoryview(buf))
     dt = time.perf_counter() - t0
     return {"seconds": dt, "bytes": n, "resident_before": res}
 

@@ -54,6 +54,11 @@ class Row:
         return dict(self.__dict__)
 
 
+def speed_row(figure: str, metric: str, bytes_per_s: list[float]) -> Row:
+    """A reported (not judged) speed: the median of the runs, in MB/s."""
+    return Row(figure, metric, median(bytes_per_s) / MB, "MB/s", runs=[b / MB for b in bytes_per_s])
+
+
 def check(value: float, op: str, bound: float) -> bool:
     return value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
 
@@ -171,27 +176,9 @@ def fig_pack_speed(ctx: Ctx) -> list[Row]:
             0.8,
             r_loop,
         ),
-        Row(
-            "1",
-            "pack raw speed",
-            median(speeds["pack"]) / MB,
-            "MB/s",
-            runs=[s / MB for s in speeds["pack"]],
-        ),
-        Row(
-            "1",
-            "shutil.copyfile speed",
-            median(speeds["shutil"]) / MB,
-            "MB/s",
-            runs=[s / MB for s in speeds["shutil"]],
-        ),
-        Row(
-            "1",
-            "read/write loop speed",
-            median(speeds["loop"]) / MB,
-            "MB/s",
-            runs=[s / MB for s in speeds["loop"]],
-        ),
+        speed_row("1", "pack raw speed", speeds["pack"]),
+        speed_row("1", "shutil.copyfile speed", speeds["shutil"]),
+        speed_row("1", "read/write loop speed", speeds["loop"]),
     ]
 
 
@@ -726,15 +713,7 @@ def fig_cold(ctx: Ctx) -> list[Row]:
         )
     )
     for label in tp:
-        rows.append(
-            Row(
-                "6",
-                f"cold {label} throughput",
-                median(tp[label]) / MB,
-                "MB/s",
-                runs=[t / MB for t in tp[label]],
-            )
-        )
+        rows.append(speed_row("6", f"cold {label} throughput", tp[label]))
     return rows
 
 
@@ -790,12 +769,8 @@ def fig_decode(ctx: Ctx) -> list[Row]:
             )
             for w in (1, 2):
                 rows.append(
-                    Row(
-                        "7",
-                        f"{kind} decode throughput, {w} worker(s) (verify={verify})",
-                        median(tp[w]) / MB,
-                        "MB/s",
-                        runs=[t / MB for t in tp[w]],
+                    speed_row(
+                        "7", f"{kind} decode throughput, {w} worker(s) (verify={verify})", tp[w]
                     )
                 )
     return rows

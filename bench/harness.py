@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _harness_data import files_under, prepare  # noqa: E402
-from _measure import Sampler, drop_cache, resident, status, wait_quiet, warm  # noqa: E402
+from _measure import Sampler, drop_cache, resident, wait_quiet, warm  # noqa: E402
 
 MiB = 1 << 20
 CHILD = HERE / "_contenders.py"
@@ -90,22 +90,8 @@ class Trace(Sampler):
         super().__init__(pid, interval)
         self.series: list[tuple[float, int, int, int]] = []
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                s = status(self.pid)
-            except (FileNotFoundError, ProcessLookupError, ValueError):
-                return
-            if "VmRSS" not in s:  # exited, not yet reaped
-                return
-            self.samples += 1
-            self.series.append(
-                (time.monotonic(), s["VmRSS"], s.get("RssAnon", 0), s.get("RssFile", 0))
-            )
-            for k, v in s.items():
-                if v > self.peak.get(k, -1):
-                    self.peak[k] = v
-            time.sleep(self.interval)
+    def _record(self, s: dict[str, int]) -> None:
+        self.series.append((time.monotonic(), s["VmRSS"], s.get("RssAnon", 0), s.get("RssFile", 0)))
 
 
 def run_child(
