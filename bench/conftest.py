@@ -116,7 +116,7 @@ def containers(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="session")
 def many_chunks(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkpoint in the smallest chunks pack allows (64 KiB): a manifest of ~400 chunks."""
-    from wstream import spec
+    from wstream.format import spec
 
     return _pack(
         checkpoint, tmp_path_factory.mktemp("many") / "many.wst", max_chunk=spec.MIN_MAX_CHUNK

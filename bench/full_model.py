@@ -43,12 +43,12 @@ _VISION_CHILD = r"""
 import json, sys, time
 import wstream  # first, as `wstream run` does: it configures OpenBLAS before numpy loads it
 import numpy as np
-from wstream.loader import StreamingLoader
+from wstream.stream.loader import StreamingLoader
 from wstream.model import vision
 from wstream.model.config import from_hf
 from wstream.model.schedule import execution_order
 from wstream.model.weights import walk
-from wstream.reader import Container
+from wstream.container.reader import Container
 from wstream.run import load_image
 
 c = Container(sys.argv[1])
@@ -142,7 +142,7 @@ def test_card(path: Path) -> Path:
 
 def widened_nbytes(container: Path) -> int:
     """Bytes every weight takes once widened to float32: what load-everything must hold."""
-    from wstream.reader import Container
+    from wstream.container.reader import Container
 
     with Container(container) as c:
         total = 0

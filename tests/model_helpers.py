@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from wstream import spec
-from wstream.loader import EagerWeights
+from wstream.format import spec
 from wstream.pack import pack
+from wstream.stream.loader import EagerWeights
 from wstream.synthetic import WrittenCheckpoint, write_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden"

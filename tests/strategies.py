@@ -18,9 +18,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from wstream import spec
-from wstream.manifest import CodecStep
-from wstream.spec import CodecId, DType
+from wstream.format import spec
+from wstream.format.manifest import CodecStep
+from wstream.format.spec import CodecId, DType
 
 ALL_DTYPES: tuple[DType, ...] = tuple(DType)
 

@@ -7,6 +7,7 @@ fields), and once through a real subprocess of the installed module.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -17,10 +18,11 @@ import pytest
 import safetensors
 from wst_testing import assert_same_tensors, write_checkpoint
 
-from wstream import cli, spec
+from wstream import cli
 from wstream.cli import main, parse_size
-from wstream.reader import Container
-from wstream.spec import DType
+from wstream.container.reader import Container
+from wstream.format import spec
+from wstream.format.spec import DType
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
@@ -383,12 +385,12 @@ def test_keyboard_interrupt_exits_130(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     src, _ = tiny_checkpoint
-    import wstream.pack
+    pack_module = importlib.import_module("wstream.pack")  # wstream.pack is the function
 
     def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(wstream.pack, "pack", interrupted)
+    monkeypatch.setattr(pack_module, "pack", interrupted)
     code, _, err = run(capsys, "pack", src, "-o", tmp_path / "m.wst")
     assert code == 130
     assert err.strip() == "wstream pack: interrupted"

@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 from safetensors.numpy import load_file
 from wst_testing import write_checkpoint
 
-from wstream import codecs
+from wstream.container.reader import Container
 from wstream.errors import CorruptChunk, DecodedSizeMismatch, LossyUnpack
-from wstream.manifest import CodecStep
+from wstream.format import codecs
+from wstream.format.manifest import CodecStep
+from wstream.format.quant import n_groups, quantizable, quantize_int8
+from wstream.format.spec import CodecId, DType
 from wstream.pack import pack
-from wstream.quant import n_groups, quantizable, quantize_int8
-from wstream.reader import Container
-from wstream.spec import CodecId, DType
 from wstream.unpack import unpack
 
 GROUPED = (CodecStep(CodecId.BYTEGROUP, size=2), CodecStep(CodecId.ZSTD))

@@ -29,13 +29,13 @@ from model_helpers import (
 )
 
 from wstream import synthetic
+from wstream.container.reader import Container
 from wstream.errors import InputError
-from wstream.loader import EagerWeights, StreamingLoader
 from wstream.model.config import VLMConfig, from_hf, tensor_shapes, to_hf
 from wstream.model.ops import navit_position_ids
 from wstream.model.vlm import Generation, chunks_holding, generate
 from wstream.pack import pack
-from wstream.reader import Container
+from wstream.stream.loader import EagerWeights, StreamingLoader
 
 CASES = golden_cases()
 PACKINGS = {  # name: (codec, max_chunk)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from wstream.container.reader import Container, piece_views
 from wstream.errors import BudgetTooSmall, ChunkChecksumMismatch, LoaderError
-from wstream.loader import EagerWeights, StreamingLoader
-from wstream.manifest import ChunkEntry
+from wstream.format.manifest import ChunkEntry
 from wstream.pack import pack
-from wstream.reader import Container, piece_views
+from wstream.stream.loader import EagerWeights, StreamingLoader
 
 MAX_CHUNK = 96 * 1024
 
@@ -309,7 +309,7 @@ def test_unverified_zero_copy_chunks_are_mapped_in_by_the_worker(
 ) -> None:
     # Without a CRC nothing on the worker touches a zero-copy chunk: it maps the pages in
     # (MADV_POPULATE_READ, or a read per page where the kernel lacks it). The bytes are the same.
-    import wstream.prefetch as prefetch
+    import wstream.stream.worker as prefetch
 
     if populate == "touch":
         monkeypatch.setattr(prefetch, "_MADV_POPULATE_READ", None)

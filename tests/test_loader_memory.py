@@ -18,8 +18,8 @@ BUDGET = 64 * MiB
 
 _CHILD = r"""
 import json, sys
-from wstream.loader import StreamingLoader
-from wstream.reader import Container
+from wstream.stream.loader import StreamingLoader
+from wstream.container.reader import Container
 
 def status(key):
     for line in open("/proc/self/status"):

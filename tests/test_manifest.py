@@ -38,9 +38,9 @@ from wst_testing import (
 )
 
 from wstream import errors as E
-from wstream import spec
-from wstream.manifest import parse_manifest, parse_preamble
-from wstream.reader import Container
+from wstream.container.reader import Container
+from wstream.format import spec
+from wstream.format.manifest import parse_manifest, parse_preamble
 
 # --- a small valid file, built by hand -----------------------------------------------------------
 

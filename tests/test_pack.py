@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import math
 import os
@@ -22,15 +23,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from wst_testing import assert_same_tensors, same_tensor, write_checkpoint
 
-from wstream import pack as pack_module
-from wstream import spec
+from wstream.container.checkpoint import SourceTensor
+from wstream.container.reader import Container
+from wstream.container.writer import ContainerWriter
 from wstream.errors import InputError, SourceError
+from wstream.format import spec
+from wstream.format.spec import DType
 from wstream.model import schedule
 from wstream.pack import pack, plan_chunks
-from wstream.reader import Container
-from wstream.sources import SourceTensor
-from wstream.spec import DType
-from wstream.writer import ContainerWriter
+
+pack_module = importlib.import_module("wstream.pack")  # wstream.pack is the function
 
 # --- MiniCPM-V 2.6 naming ------------------------------------------------------------------------
 
@@ -498,7 +500,7 @@ def _interrupt_encode(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> No
 
 def _interrupt_close(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     # After the manifest and preamble are written, before the rename.
-    import wstream.writer as writer_module
+    import wstream.container.writer as writer_module
 
     def parse_manifest(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise exc
@@ -508,7 +510,7 @@ def _interrupt_close(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> Non
 
 def _interrupt_commit(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     # fsync fails (a full disk, an I/O error) right before the rename.
-    import wstream.atomic as atomic_module
+    import wstream.container.atomic as atomic_module
 
     def fsync(fd: int) -> None:
         raise exc
@@ -518,7 +520,7 @@ def _interrupt_commit(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> No
 
 def _interrupt_first_write(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     # The writer's very first write (the zeroed preamble area) fails: a full disk at once.
-    import wstream.atomic as atomic_module
+    import wstream.container.atomic as atomic_module
 
     def pwrite(fd: int, data: object, offset: int) -> int:
         raise exc
@@ -528,7 +530,7 @@ def _interrupt_first_write(monkeypatch: pytest.MonkeyPatch, exc: BaseException) 
 
 def _interrupt_rename(monkeypatch: pytest.MonkeyPatch, exc: BaseException) -> None:
     # Everything is written and synced; the rename over the target fails.
-    import wstream.atomic as atomic_module
+    import wstream.container.atomic as atomic_module
 
     def replace(src: object, dst: object) -> None:
         raise exc

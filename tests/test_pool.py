@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from wstream.errors import BudgetTooSmall, LoaderError, PoolTimeout
-from wstream.pool import SLAB_GRANULE, Lease, SlabPool
+from wstream.stream.pool import SLAB_GRANULE, Lease, SlabPool
 
 CAPACITY = 8 * SLAB_GRANULE
 

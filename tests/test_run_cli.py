@@ -10,10 +10,10 @@ import pytest
 from model_helpers import pack_to
 
 from wstream.cli import main
-from wstream.loader import EagerWeights
+from wstream.container.reader import Container
 from wstream.model.vlm import generate
-from wstream.reader import Container
 from wstream.run import load_image
+from wstream.stream.loader import EagerWeights
 from wstream.synthetic import PRESETS, write_checkpoint
 
 CFG = PRESETS["tiny"]

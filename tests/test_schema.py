@@ -4,7 +4,7 @@
   grouping; row blocks; INT8; dtype conversion; config and metadata; no chunks at all), and every
   committed valid vector's manifest, validates against the schema.
 - The schema's limits and enums, and the constant, limit, dtype and preamble tables of SPEC.md,
-  state exactly the values of ``wstream/spec.py``; SPEC.md names every FormatError class.
+  state exactly the values of ``wstream/format/spec.py``; SPEC.md names every FormatError class.
 - The schema rejects what ``parse_manifest`` rejects, for the rules a schema can express.
 - SPEC.md's worked example (manifest and preamble hex dump) is a real, valid pair.
 """
@@ -27,11 +27,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from wstream import errors as E
-from wstream import spec
-from wstream.manifest import parse_manifest, parse_preamble
+from wstream.format import spec
+from wstream.format.manifest import parse_manifest, parse_preamble
+from wstream.format.quant import FLOATS
+from wstream.format.spec import CodecId, DType, QuantScheme
 from wstream.pack import pack
-from wstream.quant import FLOATS
-from wstream.spec import CodecId, DType, QuantScheme
 
 FORMATS = Path(__file__).resolve().parents[1] / "formats"
 SCHEMA: dict[str, Any] = json.loads((FORMATS / "manifest.schema.json").read_text("utf-8"))

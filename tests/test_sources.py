@@ -18,10 +18,10 @@ import strategies as S
 from hypothesis import given, settings
 from wst_testing import assert_same_tensors, write_checkpoint
 
+from wstream.container.checkpoint import INDEX_NAME, CheckpointReader, open_checkpoint
 from wstream.errors import SourceError
+from wstream.format.spec import DType
 from wstream.pack import pack
-from wstream.sources import INDEX_NAME, CheckpointReader, open_checkpoint
-from wstream.spec import DType
 
 
 def raw_safetensors(

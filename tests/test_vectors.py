@@ -14,9 +14,9 @@ import pytest
 import safetensors
 
 from wstream import errors as E
+from wstream.container.reader import Container
 from wstream.errors import LossyUnpack
-from wstream.reader import Container
-from wstream.spec import DType
+from wstream.format.spec import DType
 from wstream.unpack import unpack
 
 ROOT = Path(__file__).resolve().parent.parent / "formats" / "vectors"

@@ -1,7 +1,7 @@
 """Plain helpers shared by the container tests (imported by conftest.py and test modules).
 
 Kept apart from ``conftest.py`` so that hypothesis tests can call them directly; nothing here is
-a fixture. The builders here are deliberately independent of ``wstream.writer`` where that
+a fixture. The builders here are deliberately independent of ``wstream.container.writer`` where that
 matters: :func:`build_file` assembles a container byte by byte so that tests can make files the
 writer would refuse to write.
 """
@@ -21,10 +21,10 @@ import zstandard
 from safetensors.numpy import save_file
 from strategies import ContainerSpec
 
-from wstream import spec
-from wstream.manifest import CodecStep, TensorEntry
-from wstream.spec import CodecId, DType
-from wstream.writer import ContainerWriter
+from wstream.container.writer import ContainerWriter
+from wstream.format import spec
+from wstream.format.manifest import CodecStep, TensorEntry
+from wstream.format.spec import CodecId, DType
 
 # --- comparisons ---------------------------------------------------------------------------------
 
@@ -106,7 +106,7 @@ def encode_independently(
     codec: Sequence[CodecStep], raw: bytes, frame_cuts: Sequence[float] = ()
 ) -> tuple[bytes, tuple[CodecStep, ...]]:
     """Stored bytes and the pipeline to record, made with numpy and zstandard directly (not
-    wstream.codecs). A zstd step with ``frames`` set is split into frames at ``frame_cuts``
+    wstream.format.codecs). A zstd step with ``frames`` set is split into frames at ``frame_cuts``
     (fractions of the stream) and records the real (stored, decoded) sizes."""
     stream = raw
     recorded = []

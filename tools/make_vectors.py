@@ -5,8 +5,8 @@
 Writes ``valid/NAME.wst`` with ``valid/NAME.json`` (the content every reader must produce),
 ``invalid/NAME.wst`` with ``invalid/NAME.json`` (the FormatError subclass every reader must raise,
 and why), and ``README.md`` (the list of vectors). Files are assembled byte by byte here, not with
-``wstream.writer``, so a writer bug cannot leak into the vectors, and so that invalid files can
-break exactly one rule while every checksum not under test stays correct. Output is
+``wstream.container.writer``, so a writer bug cannot leak into the vectors, and so that invalid
+files can break exactly one rule while every checksum not under test stays correct. Output is
 deterministic: running the tool twice gives identical bytes (given the same zstandard build).
 
 Afterwards the tool opens every vector with wstream's reader and reports any disagreement
@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from wstream.spec import CHUNK_ALIGNMENT, DATA_START, MAGIC, TENSOR_ALIGNMENT, VERSION, DType
+from wstream.format.spec import CHUNK_ALIGNMENT, DATA_START, MAGIC, TENSOR_ALIGNMENT, VERSION, DType
 
 WRITER = "tools/make_vectors.py"
 ZSTD_LEVEL = 3
 
-# --- byte builders (mirroring formats/SPEC.md, independent of wstream.writer) -------------------
+# --- byte builders (mirroring formats/SPEC.md, independent of wstream.container.writer) ---------
 
 
 def preamble(
@@ -1176,7 +1176,7 @@ def readme(valid: list[Valid], invalid: list[Invalid]) -> str:
 def check(root: Path) -> list[str]:
     """Read every vector back with wstream; return the disagreements."""
     from wstream import errors
-    from wstream.reader import Container
+    from wstream.container.reader import Container
 
     problems = []
     for exp_path in sorted((root / "valid").glob("*.json")):

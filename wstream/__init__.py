@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
+import types
 from typing import Any
 
 # OpenBLAS threads spin for a while after each matmul. Here they share two cores with the
@@ -28,9 +30,9 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Container": "wstream.reader",
-    "open_container": "wstream.reader",
-    "StreamingLoader": "wstream.loader",
+    "Container": "wstream.container.reader",
+    "open_container": "wstream.container.reader",
+    "StreamingLoader": "wstream.stream.loader",
     "pack": "wstream.pack",
     "unpack": "wstream.unpack",
     "WStreamError": "wstream.errors",
@@ -47,3 +49,21 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'wstream' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+class _Package(types.ModuleType):
+    """``wstream.pack`` and ``wstream.unpack`` are the functions, not their modules.
+
+    Importing a submodule makes the import system set it as an attribute of its package, which
+    would turn ``from wstream import pack`` into the module once anything has imported
+    ``wstream.pack``. This refuses exactly that assignment, so the names stay resolved by
+    :func:`__getattr__`. The modules themselves are ``sys.modules["wstream.pack"]`` (and
+    ``from wstream.pack import ...`` works as usual)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -15,8 +15,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from wstream import __version__, spec
+from wstream import __version__
 from wstream.errors import WStreamError
+from wstream.format import spec
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -54,8 +55,8 @@ def _progress_bar(total: int, desc: str) -> tuple[Callable[[int], None], Callabl
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
+    from wstream.container.checkpoint import open_checkpoint
     from wstream.pack import pack
-    from wstream.sources import open_checkpoint
 
     total = open_checkpoint(args.src).nbytes
     update, close = _progress_bar(total, "pack")
@@ -108,7 +109,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def info_dict(path: str) -> dict[str, Any]:
     """Everything ``info --json`` prints. Reads the preamble and manifest only (no numpy)."""
-    from wstream.manifest import read_manifest
+    from wstream.format.manifest import read_manifest
 
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -187,7 +188,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from wstream.reader import Container
+    from wstream.container.reader import Container
 
     with Container(args.src) as c:
         c.verify()

@@ -4,6 +4,8 @@
   Each subclass is one named case; the test vectors in ``formats/vectors/invalid`` name the class
   each file must raise, so another implementation can map them one to one.
 - :class:`SourceError`: a checkpoint to be packed is malformed or incomplete.
+- :class:`ByteSourceError`: a byte source (a local file, an object in a store) cannot deliver a
+  range exactly: past its end, a short read, or content that changed since it was opened.
 - :class:`InputError`: a caller's argument is out of range (a CLI flag, an image, token ids).
 - :class:`LoaderError`: the streaming loader failed (a worker error, a pool timeout).
 
@@ -118,6 +120,22 @@ class CorruptChunk(FormatError):
 
 class SourceError(WStreamError, ValueError):
     """A checkpoint to pack is malformed, incomplete or ambiguous."""
+
+
+class ByteSourceError(WStreamError, OSError):
+    """A byte source could not deliver the range asked for, exactly."""
+
+
+class ReadPastEnd(ByteSourceError):
+    """A read asked for bytes beyond the source's size."""
+
+
+class ShortRead(ByteSourceError):
+    """The source returned fewer bytes than its size promised (truncated while open?)."""
+
+
+class SourceChanged(ByteSourceError):
+    """The source's content is no longer the version that was opened."""
 
 
 class InputError(WStreamError, ValueError):

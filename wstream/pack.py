@@ -20,15 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from wstream import codecs, spec
-from wstream.crc import crc32
+from wstream.container.checkpoint import CheckpointReader, SourceTensor, open_checkpoint
+from wstream.container.writer import ContainerWriter, align_up
 from wstream.errors import InputError, SourceError
-from wstream.manifest import CodecStep, Manifest, Quant, TensorEntry
+from wstream.format import codecs, spec
+from wstream.format.crc import crc32
+from wstream.format.manifest import CodecStep, Manifest, Quant, TensorEntry
+from wstream.format.quant import (
+    DEFAULT_GROUP,
+    FLOATS,
+    is_exact,
+    n_groups,
+    quantizable,
+    quantize_int8,
+)
+from wstream.format.spec import CodecId, DType, QuantScheme
 from wstream.model.schedule import GroupPlan, execution_order
-from wstream.quant import DEFAULT_GROUP, FLOATS, is_exact, n_groups, quantizable, quantize_int8
-from wstream.sources import CheckpointReader, SourceTensor, open_checkpoint
-from wstream.spec import CodecId, DType, QuantScheme
-from wstream.writer import ContainerWriter, align_up
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
 _SLAB_NBYTES = (
@@ -67,7 +74,7 @@ def storage_plan(
     group: int = DEFAULT_GROUP,
 ) -> dict[str, Storage]:
     """Per tensor: floating-point tensors take ``dtype`` (None: keep), and with ``quantize``
-    the linear-layer matrices become INT8 (see :func:`wstream.quant.quantizable`)."""
+    the linear-layer matrices become INT8 (see :func:`wstream.format.quant.quantizable`)."""
     out = {}
     for name, t in tensors.items():
         target = dtype if dtype is not None and t.dtype in FLOATS else t.dtype

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from wstream.container.reader import Container
 from wstream.errors import InputError
-from wstream.loader import EagerWeights, StreamingLoader
 from wstream.model.config import from_hf
 from wstream.model.vlm import check_inputs, generate
-from wstream.model.weights import WeightSource
-from wstream.reader import Container
+from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.pieces import WeightSource
 
 MAX_IMAGE_SIDE = 448  # MiniCPM-V's slice resolution: --image is resized to fit it
 

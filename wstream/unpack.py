@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from wstream.atomic import AtomicFile
+from wstream.container.atomic import AtomicFile
+from wstream.container.reader import Container, dequantize_into
 from wstream.errors import InputError, LossyUnpack
-from wstream.reader import Container, dequantize_into
 
 
 def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:

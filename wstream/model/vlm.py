@@ -25,7 +25,8 @@ from wstream.errors import InputError
 from wstream.model import decoder, resampler, vision
 from wstream.model.config import VLMConfig, from_hf, tensor_shapes
 from wstream.model.schedule import GroupPlan, execution_order
-from wstream.model.weights import WeightSource, walk
+from wstream.model.weights import walk
+from wstream.stream.pieces import WeightSource
 
 STAGES = ("vision", "resampler", "prefill", "decode")  # keys of Generation.timings
 

@@ -15,14 +15,13 @@ its slab, and tests poison released slabs to prove the forward never does).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Generator, Iterator, Sequence
 
 import numpy as np
 
 from wstream.errors import WStreamError
 from wstream.model.ops import PARALLEL_MIN, parallel_pool
+from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
 
 # A block reaches the forward as float32 pieces of at most this many elements (16 MiB): small
 # enough to stay in cache between widening and use, large enough for full-speed matmuls.
@@ -31,42 +30,6 @@ SUB_ELEMENTS = 1 << 22
 
 class OrderError(WStreamError, RuntimeError):
     """The forward asked for a tensor that is not next in the chunk stream."""
-
-
-@dataclass(frozen=True, slots=True)
-class Piece:
-    """One tensor, or one row block of it, inside a chunk."""
-
-    name: str  # full tensor name, e.g. "llm.model.layers.3.mlp.up_proj.weight"
-    rows: tuple[int, int] | None  # [start, stop) rows of the whole tensor; None: the whole tensor
-    shape: tuple[int, ...]  # shape of the whole tensor
-
-
-class LoadedChunk(Protocol):
-    """A chunk in hand: its pieces as float32 arrays, valid until release()."""
-
-    name: str
-    group: str
-
-    def arrays(self) -> Sequence[np.ndarray]: ...  # one per piece, in piece order
-
-    def release(self) -> None: ...
-
-
-class WeightSource(Protocol):
-    """What the forward needs from a container (or from RAM)."""
-
-    @property
-    def config(self) -> Mapping[str, Any]: ...  # the checkpoint's config.json
-
-    @property
-    def tensor_names(self) -> Sequence[str]: ...
-
-    def chunks_of(self, group: str) -> Sequence[str]: ...  # chunk names of a group, file order
-
-    def pieces_of(self, chunk: str) -> Sequence[Piece]: ...
-
-    def stream(self, chunks: Sequence[str], *, repeat: bool = False) -> Iterator[LoadedChunk]: ...
 
 
 class GroupCursor:

@@ -1,6 +1,6 @@
 """Weight sources for the forward pass: eager (everything decoded in RAM) and streaming.
 
-Both implement :class:`wstream.model.weights.WeightSource`: they describe the container's chunks
+Both implement :class:`wstream.stream.pieces.WeightSource`: they describe the container's chunks
 and hand chunks over as float32 arrays in the order asked for, so the forward cannot tell them
 apart. :class:`EagerWeights` decodes and widens every chunk once, up front: the load-everything
 baseline. :class:`StreamingLoader` keeps only a window of chunks in pooled slabs under a hard
@@ -21,20 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from wstream.manifest import ChunkEntry
-from wstream.model.weights import Piece
-from wstream.pool import SlabPool
-from wstream.prefetch import (
-    WIDEN_MODES,
-    ChunkStream,
-    Plan,
-    Resident,
-    StreamChunk,
-    StreamStats,
-    Widen,
-    plan_chunk,
-)
-from wstream.reader import Container, dequantize_into, piece_views
+from wstream.container.reader import Container, dequantize_into, piece_views
+from wstream.format.manifest import ChunkEntry
+from wstream.stream.pieces import Piece
+from wstream.stream.plan import WIDEN_MODES, Plan, Widen, plan_chunk
+from wstream.stream.pool import SlabPool
+from wstream.stream.stream import ChunkStream, Resident, StreamChunk, StreamStats
 
 
 def widen(array: np.ndarray) -> np.ndarray:

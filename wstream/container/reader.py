@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from wstream import codecs
 from wstream import errors as E
-from wstream.crc import crc32
-from wstream.manifest import ChunkEntry, TensorEntry, read_manifest
-from wstream.quant import dequantize_int8
+from wstream.format import codecs
+from wstream.format.crc import crc32
+from wstream.format.manifest import ChunkEntry, TensorEntry, read_manifest
+from wstream.format.quant import dequantize_int8
 
 
 def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndarray]:
@@ -201,7 +201,7 @@ class Container:
         ...     with chunk:
         ...         use(chunk.tensors)
         """
-        from wstream.loader import StreamingLoader  # the loader builds on this module
+        from wstream.stream.loader import StreamingLoader  # the loader builds on this module
 
         names = [ch.name for ch in self.manifest.chunks] if order is None else list(order)
         loader = StreamingLoader(

@@ -15,195 +15,20 @@ cancels queued work, waits for running work, returns every lease and stops every
 
 from __future__ import annotations
 
-import math
 import mmap
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-from wstream import codecs
 from wstream import errors as E
-from wstream.crc import crc32
-from wstream.manifest import ChunkEntry, TensorEntry
-from wstream.pool import Lease, SlabPool
-from wstream.reader import Container, dequantize_into, piece_views
-from wstream.spec import TENSOR_ALIGNMENT
-
-PAGE = mmap.PAGESIZE
-
-
-def _page_span(chunk: ChunkEntry) -> tuple[int, int]:
-    start = chunk.offset - chunk.offset % PAGE
-    end = chunk.offset + chunk.nbytes
-    return start, -(-end // PAGE) * PAGE - start
-
-
-# Linux >= 5.14: fill a range's page tables, reading what is not cached, without copying.
-# Python 3.11's mmap module does not name it; elsewhere the number may mean something else.
-_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
-
-
-def _prefault(container: Container, chunk: ChunkEntry, src: memoryview) -> None:
-    """Map a zero-copy chunk's pages in on the worker (reading them from disk if need be), so the
-    consumer's first touches neither fault nor wait for I/O. Without this, an unverified raw
-    chunk cost its consumer ~13% more time in the matmuls that first read it (decoder prefill,
-    2-core BLAS). A verified chunk needs nothing: the CRC has touched every page."""
-    if _MADV_POPULATE_READ is not None:
-        start, length = _page_span(chunk)
-        try:
-            container.mmap().madvise(_MADV_POPULATE_READ, start, length)
-            return
-        except (OSError, ValueError):  # an older kernel: EINVAL
-            pass
-    pages = np.frombuffer(src, np.uint8)[::PAGE]
-    if pages.size:
-        pages.max()  # one read per page
-
-
-def _widens(dtype: np.dtype) -> bool:
-    return (dtype.kind == "f" and dtype != np.float32) or dtype.name == "bfloat16"
-
-
-Widen = Literal["float32", "stored", "dequantize"]
-WIDEN_MODES: tuple[str, ...] = ("float32", "stored", "dequantize")
-
-
-def _out_dtype(t: TensorEntry, widen: Widen) -> np.dtype:
-    """What the consumer gets for a piece. ``float32``: every float widened, quantized values
-    dequantized to float32; ``stored``: the declared dtype (quantized values dequantized into
-    it); ``dequantize``: quantized values as float32, every other piece as stored (zero-copy for
-    raw chunks: the forward widens them piece by piece, in cache)."""
-    logical = t.dtype.numpy
-    if t.quant is not None:
-        return np.dtype(np.float32) if widen != "stored" else logical
-    if widen == "float32" and _widens(logical):
-        return np.dtype(np.float32)
-    return logical
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """How one chunk is brought into memory, and what it charges the pool while in use."""
-
-    chunk: ChunkEntry
-    zero_copy: bool  # raw and nothing to convert: views of the file mapping
-    out_nbytes: int  # slab 0: decoded (or converted) bytes handed to the consumer; 0 if zero-copy
-    temp_nbytes: int  # slab 1: decoded stored bytes, converted then returned early
-    out_offsets: tuple[int, ...]  # per piece, where its array starts in slab 0
-    out_dtypes: tuple[np.dtype, ...]  # per piece, the dtype handed out
-
-    @property
-    def converts(self) -> bool:
-        """Pieces are converted (widened or dequantized) into slab 0."""
-        return self.temp_nbytes > 0 or (self.chunk.is_raw and not self.zero_copy)
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return (self.out_nbytes, self.temp_nbytes) if self.temp_nbytes else (self.out_nbytes,)
-
-    @property
-    def mapped(self) -> int:
-        return _page_span(self.chunk)[1] if self.chunk.nbytes else 0
-
-    @property
-    def resident_cost(self) -> int:
-        """What stays charged if the chunk is kept resident (transients excluded)."""
-        return SlabPool.cost(self.out_nbytes) if not self.zero_copy else self.mapped
-
-
-def plan_chunk(chunk: ChunkEntry, widen: Widen) -> Plan:
-    dtypes = tuple(_out_dtype(t, widen) for t in chunk.tensors)
-    same = tuple(t.offset for t in chunk.tensors)
-    if all(t.quant is None and d == t.dtype.numpy for t, d in zip(chunk.tensors, dtypes)):
-        if chunk.is_raw:
-            return Plan(chunk, True, 0, 0, same, dtypes)
-        return Plan(chunk, False, chunk.raw_nbytes, 0, same, dtypes)
-    offsets, end = [], 0
-    for t, d in zip(chunk.tensors, dtypes):
-        offsets.append(end)
-        end += -(-(math.prod(t.piece_shape) * d.itemsize) // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-    temp = 0 if chunk.is_raw else chunk.raw_nbytes
-    return Plan(chunk, False, end, temp, tuple(offsets), dtypes)
-
-
-@dataclass
-class Loaded:
-    """A chunk in hand (the result of a worker), with what it cost to get it."""
-
-    plan: Plan
-    lease: Lease
-    arrays: list[np.ndarray]
-    read_seconds: float = 0.0
-    decode_seconds: float = 0.0
-
-
-def load_chunk(
-    container: Container,
-    plan: Plan,
-    lease: Lease,
-    pool: SlabPool,
-    *,
-    verify: bool,
-    stored: Callable[[ChunkEntry], memoryview] | None = None,
-    helper: Executor | None = None,
-) -> Loaded:
-    """The worker's job: read (and check), decode and convert one chunk into its lease.
-
-    ``helper`` (a thread that never waits on anything) decodes half of a multi-frame chunk."""
-    chunk = plan.chunk
-    t0 = time.perf_counter()
-    src = (stored or container.stored)(chunk)
-    if verify:
-        crc = crc32(src)
-        if crc != chunk.crc32:
-            raise E.ChunkChecksumMismatch(
-                f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"
-            )
-    elif plan.zero_copy:
-        _prefault(container, chunk, src)
-    t1 = time.perf_counter()
-    if plan.zero_copy:
-        data = np.frombuffer(src, np.uint8)
-        return Loaded(plan, lease, piece_views(chunk, data), t1 - t0, 0.0)
-    if chunk.is_raw:
-        decoded = np.frombuffer(src, np.uint8)
-    else:
-        decoded = lease.array(1) if plan.temp_nbytes else lease.array(0)
-        try:
-            codecs.decode_into(chunk.codec, src, decoded.data, executor=helper)
-        except E.FormatError as exc:
-            raise type(exc)(f"chunk {chunk.name!r}: {exc}") from None
-    stored_arrays = piece_views(chunk, decoded)
-    if plan.converts:
-        out = lease.array(0)
-        arrays = []
-        for t, a, off, dtype in zip(
-            chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes
-        ):
-            dst = out[off : off + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
-            if t.quant is None:
-                np.copyto(dst, a, casting="unsafe")  # exact: every bf16/f16 value is a float32
-            elif dtype == np.float32:
-                dequantize_into(t, decoded, dst)
-            else:  # dequantize, then round to the declared dtype (stream without widening)
-                values = np.empty(a.shape, np.float32)
-                dequantize_into(t, decoded, values)
-                np.copyto(dst, values, casting="unsafe")
-            arrays.append(dst)
-        if plan.temp_nbytes:
-            pool.return_early(lease, slab=1)
-    else:
-        arrays = stored_arrays
-    del stored_arrays, decoded, src
-    # The stored bytes are consumed: drop their pages now rather than at release.
-    container.drop_pages(chunk)
-    pool.return_early(lease, mapped=lease.mapped)
-    return Loaded(plan, lease, arrays, t1 - t0, time.perf_counter() - t1)
+from wstream.container.reader import Container
+from wstream.format.manifest import ChunkEntry
+from wstream.stream.plan import Plan, page_span
+from wstream.stream.pool import Lease, SlabPool
+from wstream.stream.worker import Loaded, load_chunk
 
 
 @dataclass
@@ -399,7 +224,7 @@ class ChunkStream(Iterator[StreamChunk]):
             if lease is None:
                 return
             if plan.mapped:
-                start, length = _page_span(plan.chunk)
+                start, length = page_span(plan.chunk)
                 self.container.mmap().madvise(mmap.MADV_WILLNEED, start, length)
             assert self._executor is not None
             self._leases[i] = lease

@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from wstream.spec import DType
+from wstream.format.spec import DType
 
 INT8_MAX = 127
 DEFAULT_GROUP = 128

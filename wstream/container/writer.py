@@ -16,10 +16,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from wstream import __version__, crc, spec
+from wstream import __version__
 from wstream import errors as E
-from wstream.atomic import AtomicFile
-from wstream.manifest import (
+from wstream.container.atomic import AtomicFile
+from wstream.format import crc, spec
+from wstream.format.manifest import (
     ChunkEntry,
     CodecStep,
     Manifest,

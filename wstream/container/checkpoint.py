@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from wstream.errors import SourceError
-from wstream.spec import MAX_NAME_BYTES, MAX_NDIM, DType
+from wstream.format.spec import MAX_NAME_BYTES, MAX_NDIM, DType
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # safetensors' own limit
 INDEX_NAME = "model.safetensors.index.json"

@@ -7,8 +7,8 @@
   of its own, so a declared size bounds every decode (no decompression bombs), and it decodes
   straight into the caller's slab (no intermediate copy).
 
-A pipeline is a tuple of :class:`~wstream.manifest.CodecStep`; the empty pipeline stores the bytes
-as they are. Thread safety: zstd contexts are not thread-safe, so each thread gets its own
+A pipeline is a tuple of :class:`~wstream.format.manifest.CodecStep`; the empty pipeline stores
+the bytes as they are. Thread safety: zstd contexts are not thread-safe, so each thread gets its own
 decompressor (python-zstandard's documented contract); the module functions are safe to call
 from any number of threads.
 """
@@ -23,8 +23,8 @@ import numpy as np
 import zstandard
 
 from wstream import errors as E
-from wstream.manifest import CodecStep
-from wstream.spec import CodecId
+from wstream.format.manifest import CodecStep
+from wstream.format.spec import CodecId
 
 Buffer = bytes | bytearray | memoryview
 

@@ -18,9 +18,9 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from wstream import errors as E
-from wstream import spec
-from wstream.crc import crc32
-from wstream.spec import CodecId, DType, QuantScheme
+from wstream.format import spec
+from wstream.format.crc import crc32
+from wstream.format.spec import CodecId, DType, QuantScheme
 
 # Immutable values are NamedTuples rather than frozen dataclasses: `wstream info` imports this
 # module at every start, and importing dataclasses (with inspect) and building seven classes

@@ -1,0 +1,123 @@
+"""Byte sources: the one interface between a container and where its bytes live.
+
+A :class:`ByteSource` is a read-only byte sequence of fixed size: a local file (here), or an
+object in a store (``s3.py``, ``http.py``). The reader and the loader know only this protocol:
+they read ranges into their own buffers with :meth:`~ByteSource.read_into`, and use
+:meth:`~ByteSource.mapping` for zero-copy views when the source is local (a remote source returns
+None and is always read into slabs). A read never returns partial data: a range past the end, a
+short read or a changed object raises a named :class:`~wstream.errors.ByteSourceError`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from wstream import errors as E
+
+
+@runtime_checkable
+class ByteSource(Protocol):
+    """A read-only byte sequence of fixed size: a local file, or an object in a store."""
+
+    @property
+    def name(self) -> str: ...  # path or URL, used in error messages
+
+    @property
+    def size(self) -> int: ...  # total length in bytes, fixed when opened
+
+    @property
+    def version(self) -> str: ...  # identity of the content: "dev:ino:size:mtime_ns", or an ETag
+
+    def read_into(self, offset: int, out: memoryview) -> None: ...
+
+    def mapping(self) -> mmap.mmap | None: ...  # the whole source mapped read-only, when local
+
+    def close(self) -> None: ...
+
+
+def check_range(source: ByteSource, offset: int, nbytes: int) -> None:
+    """Raise :class:`~wstream.errors.ReadPastEnd` unless [offset, offset+nbytes) is in the source.
+
+    Every implementation calls this first, so the message is the same whatever the source."""
+    if offset < 0 or nbytes < 0 or offset + nbytes > source.size:
+        raise E.ReadPastEnd(
+            f"{source.name}: read of {nbytes} bytes at offset {offset} is past the end "
+            f"({source.size} bytes)"
+        )
+
+
+def read_bytes(source: ByteSource, offset: int, nbytes: int) -> bytes:
+    """``nbytes`` bytes at ``offset`` as new bytes (small reads: the preamble, the manifest)."""
+    out = bytearray(nbytes)
+    source.read_into(offset, memoryview(out))
+    return bytes(out)
+
+
+class LocalFile:
+    """A local file as a :class:`ByteSource`: ``pread`` for ranges, one lazy read-only ``mmap``.
+
+    The version is ``dev:ino:size:mtime_ns`` taken when opened; a read that comes up short (the
+    file was truncated under us) raises :class:`~wstream.errors.ShortRead`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._map: mmap.mmap | None = None
+        try:
+            st = os.fstat(self._fd)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._size = st.st_size
+        self._version = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @property
+    def fd(self) -> int:
+        """The open descriptor (-1 once closed)."""
+        return self._fd
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        check_range(self, offset, len(out))
+        view = out.cast("B") if out.format != "B" or out.ndim != 1 else out
+        done = 0
+        while done < len(view):
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n == 0:
+                raise E.ShortRead(
+                    f"{self.name}: {len(view) - done} of {len(view)} bytes at offset {offset} "
+                    f"could not be read (the file has been truncated since it was opened?)"
+                )
+            done += n
+
+    def mapping(self) -> mmap.mmap | None:
+        """The read-only map of the whole file, created once on first use (None if empty)."""
+        if self._map is None and self._size > 0:
+            self._map = mmap.mmap(self._fd, self._size, access=mmap.ACCESS_READ)
+        return self._map
+
+    def close(self) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # arrays still view the map; it is unmapped when the last one goes
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
