@@ -16,8 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from wstream import __version__
 from wstream import errors as E
+from wstream._version import __version__
 from wstream.container.atomic import AtomicFile
 from wstream.format import crc, spec
 from wstream.format.manifest import (
@@ -38,10 +38,6 @@ class WriterState(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
     ABORTED = "aborted"
-
-
-def align_up(n: int, alignment: int) -> int:
-    return -(-n // alignment) * alignment
 
 
 class ContainerWriter:
@@ -86,7 +82,7 @@ class ContainerWriter:
         file = self._guard("add a chunk")
         if name in self._names:
             raise E.DuplicateName(f"chunk name {name!r} is used twice")
-        offset = align_up(self._end, spec.CHUNK_ALIGNMENT)
+        offset = spec.align_up(self._end, spec.CHUNK_ALIGNMENT)
         parts = [stored] if isinstance(stored, bytes | bytearray | memoryview) else list(stored)
         nbytes = 0
         summed = 0
