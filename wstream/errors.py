@@ -156,3 +156,26 @@ class BudgetTooSmall(LoaderError, InputError):
 
 class LossyUnpack(InputError):
     """Unpacking a lossy container was asked for without allowing it."""
+
+
+# --- the real request (wstream/pipeline) ---------------------------------------------------------
+
+
+class ImageFileError(InputError):
+    """An image file is missing, unreadable, truncated, not an image, or of an odd mode."""
+
+
+class ImageTooLarge(ImageFileError):
+    """An image has more pixels than the limit (a bomb guard), or a slice too many patches."""
+
+
+class PreprocessorConfigError(InputError):
+    """A preprocessor_config.json field is missing its type or is outside its allowed range."""
+
+
+class ReservedTokenInPrompt(InputError):
+    """Prompt text contains an image-layout token (``<image>``, ``<slice>``, ...)."""
+
+
+class ImageBoundError(InputError):
+    """Image markers or placeholder spans do not match the images (count, order or span length)."""
