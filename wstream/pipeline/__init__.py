@@ -1,0 +1,1 @@
+"""The real request: image slicing, placeholders, tokenizer, chat template, sampling."""
