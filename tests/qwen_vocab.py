@@ -33,6 +33,8 @@ from tokenizers import (
     processors,
 )
 
+from wstream.pipeline.tokenizer import Tokenizer as WStreamTokenizer
+
 QWEN_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
@@ -154,3 +156,9 @@ def minicpmv_tokenizer_files() -> tuple[bytes, dict[str, Any]]:
         "unk_token": "<unk>",
     }
     return tok.to_str().encode("utf-8"), config
+
+
+@functools.lru_cache(maxsize=1)
+def minicpmv_tokenizer() -> WStreamTokenizer:
+    """The :class:`wstream.pipeline.tokenizer.Tokenizer` of those files (one per test process)."""
+    return WStreamTokenizer.from_files(*minicpmv_tokenizer_files())
