@@ -179,3 +179,34 @@ class ReservedTokenInPrompt(InputError):
 
 class ImageBoundError(InputError):
     """Image markers or placeholder spans do not match the images (count, order or span length)."""
+
+
+# --- the text side of a request (tokenizer, chat template, decoding) -----------------------------
+
+
+class TokenizerError(InputError):
+    """The tokenizer files are malformed, disagree with each other, or lack a needed token."""
+
+
+class MissingToken(TokenizerError):
+    """A token the pipeline needs (``<image>``, ``<|im_end|>``, ...) is not in the vocabulary."""
+
+
+class ChatTemplateError(InputError):
+    """The chat template does not compile, or rendering it failed (incl. ``raise_exception``)."""
+
+
+class SandboxViolation(ChatTemplateError):
+    """The chat template tried something the jinja2 sandbox forbids (``__class__``, mutation)."""
+
+
+class GenerationConfigError(InputError):
+    """``generation_config.json`` is malformed or holds a value out of range."""
+
+
+class ContextTooLong(InputError):
+    """The prompt does not fit the model's context (``max_position_embeddings``)."""
+
+
+class BadLogits(WStreamError, ValueError):
+    """The logits handed to a sampler have the wrong shape or no finite value to choose from."""
