@@ -210,3 +210,7 @@ class ContextTooLong(InputError):
 
 class BadLogits(WStreamError, ValueError):
     """The logits handed to a sampler have the wrong shape or no finite value to choose from."""
+
+
+class MissingModelFile(InputError):
+    """A file a chat needs (tokenizer, preprocessor config) is not inside the container."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -269,3 +269,10 @@ def navit_position_ids(h: int, w: int, grid: int) -> np.ndarray:
 
     ids: np.ndarray = buckets(h)[:, None] * grid + buckets(w)[None, :]  # [h, w]
     return ids.reshape(-1).astype(np.int64)
+
+
+def spans_of(lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive segments (slices stacked along the rows):
+    [3, 5, 2] -> [(0, 3), (3, 8), (8, 10)]"""
+    ends = np.cumsum([0, *lengths]).tolist()
+    return list(zip(ends[:-1], ends[1:]))
