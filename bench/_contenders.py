@@ -39,8 +39,8 @@ from typing import Any  # noqa: E402
 import ml_dtypes  # noqa: E402, F401  (registers bfloat16 for safetensors and mmap-ninja)
 import numpy as np  # noqa: E402
 
+from wstream.format.chunk import float32_copy as widen  # noqa: E402
 from wstream.model.schedule import GroupPlan, execution_order  # noqa: E402
-from wstream.stream.loader import widen  # noqa: E402
 from wstream.stream.pieces import LoadedChunk, Piece, WeightSource  # noqa: E402
 
 # --- sources: one chunk per group -----------------------------------------------------------------

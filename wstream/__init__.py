@@ -31,7 +31,10 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Container": "wstream.container.reader",
-    "open_container": "wstream.container.reader",
+    "LocalFile": "wstream.container.source",
+    "open_container": "wstream.stream.loader",
+    "StreamingContainer": "wstream.stream.loader",
+    "Widen": "wstream.stream.plan",
     "StreamingLoader": "wstream.stream.loader",
     "pack": "wstream.pack",
     "unpack": "wstream.unpack",

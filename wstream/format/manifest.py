@@ -11,9 +11,8 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -28,6 +27,13 @@ from wstream.format.spec import CodecId, DType, QuantScheme
 # whole process). The same contract: typed fields, immutable, compared by value.
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def stage_of(group: str) -> str:
+    """The stage a group (or a chunk of it) belongs to: its first dot-separated component
+    (group names are ``<stage>.<part>``, e.g. ``vision.layer.3``)."""
+    return group.split(".", 1)[0]
+
 
 # --- values --------------------------------------------------------------------------------------
 
@@ -132,7 +138,7 @@ class ChunkEntry(NamedTuple):
 
     @property
     def stage(self) -> str:
-        return self.group.split(".", 1)[0]
+        return stage_of(self.group)
 
     @property
     def is_raw(self) -> bool:
@@ -246,12 +252,13 @@ def parse_preamble(data: bytes, file_size: int) -> Preamble:
 # --- manifest ------------------------------------------------------------------------------------
 
 
-def read_manifest(fd: int, file_size: int) -> tuple[Preamble, Manifest]:
-    """Read and validate the preamble and manifest of an open file: two ``pread`` calls, no
-    chunk byte touched (what ``wstream info`` costs, whatever the model's size)."""
-    head = os.pread(fd, spec.PREAMBLE_NBYTES, 0)
+def read_manifest(read: Callable[[int, int], bytes], file_size: int) -> tuple[Preamble, Manifest]:
+    """Read and validate the preamble and manifest of a container of ``file_size`` bytes, where
+    ``read(offset, nbytes)`` returns exactly those bytes: two reads, no chunk byte touched (what
+    ``wstream info`` costs, whatever the model's size). The format layer does no I/O itself."""
+    head = read(0, min(spec.PREAMBLE_NBYTES, file_size))
     preamble = parse_preamble(head, file_size)
-    body = os.pread(fd, preamble.manifest_nbytes, preamble.manifest_offset)
+    body = read(preamble.manifest_offset, preamble.manifest_nbytes)
     if len(body) != preamble.manifest_nbytes:
         raise E.TruncatedFile(
             f"manifest: expected {preamble.manifest_nbytes} bytes at offset "

@@ -25,6 +25,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from wstream.format.manifest import stage_of
+
 Item = tuple[str, ...]
 
 
@@ -43,11 +45,6 @@ class GroupPlan:
     @property
     def tensor_names(self) -> tuple[str, ...]:
         return tuple(name for item in self.items for name in item)
-
-
-def stage_of(group: str) -> str:
-    """The stage a group (or a chunk of it) belongs to: its first dot-separated component."""
-    return group.split(".", 1)[0]
 
 
 # --- MiniCPM-V 2.6 -------------------------------------------------------------------------------
