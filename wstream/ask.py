@@ -27,9 +27,8 @@ def ask(args: argparse.Namespace) -> ChatResult:
     for flag, value in (("--pixels", args.pixels), ("--image-bound", args.image_bound)):
         if value is not None:
             raise InputError(f"{flag}: belongs to the --input-ids form, not to --prompt")
-    if args.eager or args.logits_out:
-        flag = "--eager" if args.eager else "--logits-out"
-        raise InputError(f"{flag}: belongs to the --input-ids form, not to --prompt")
+    if args.logits_out:
+        raise InputError("--logits-out: belongs to the --input-ids form, not to --prompt")
     params = SamplingParams(
         temperature=args.temperature,
         top_p=args.top_p,
@@ -39,7 +38,9 @@ def ask(args: argparse.Namespace) -> ChatResult:
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    with Model.open(args.src, budget=args.budget, prefetch=_prefetch(args.prefetch)) as model:
+    with Model.open(
+        args.src, budget=args.budget, prefetch=_prefetch(args.prefetch), eager=args.eager
+    ) as model:
         stream = model.chat(
             args.prompt,
             images=args.image or (),

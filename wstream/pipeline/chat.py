@@ -62,7 +62,7 @@ from wstream.pipeline.sampling import (
 )
 from wstream.pipeline.template import ChatTemplate, build_prompt
 from wstream.pipeline.tokenizer import Tokenizer
-from wstream.stream.loader import StreamingLoader
+from wstream.stream.loader import EagerWeights, StreamingLoader
 from wstream.stream.pieces import WeightSource
 
 # The files a chat needs beside the weights (HF names), and the optional ones.
@@ -233,17 +233,25 @@ class Model:
         *,
         budget: int | None = None,
         prefetch: int = 2,
+        eager: bool = False,
     ) -> Model:
         """Open ``path`` for chat, streaming its weights ``prefetch`` chunks ahead under
-        ``budget`` bytes (None: no limit, every chunk stays once loaded)."""
+        ``budget`` bytes (None: no limit, every chunk stays once loaded). ``eager`` loads and
+        widens every weight up front instead (the load-everything baseline)."""
         started = time.perf_counter()
         container = Container(path)
         try:
-            weights = StreamingLoader(container, budget=budget, prefetch=prefetch)
+            weights: WeightSource = (
+                EagerWeights(container)
+                if eager
+                else StreamingLoader(container, budget=budget, prefetch=prefetch)
+            )
             try:
                 return cls(container, weights, opened_seconds=time.perf_counter() - started)
             except BaseException:
-                weights.close()
+                close = getattr(weights, "close", None)
+                if close is not None:
+                    close()
                 raise
         except BaseException:
             container.close()
