@@ -401,15 +401,21 @@ def normalise(image: Image.Image, cfg: PreprocessorConfig) -> npt.NDArray[np.flo
     """An RGB slice as float32 ``[3, h, w]``: ``x / 255`` then ``(x - mean) / std``, as HF.
 
     HF's ``normalize`` casts mean and std to the image's float32 before subtracting and dividing,
-    so every step here is float32 too (``x / 127.5 - 1`` would round differently).
+    so every step here is float32 too (``x / 127.5 - 1`` would round differently). The result of
+    those float32 steps depends only on the byte and the channel, so they run once per byte
+    value (a 256 x 3 table) and the slice is a gather into channels-first order: bit-identical
+    to the elementwise arithmetic and several times faster.
     """
     if image.mode != "RGB":
         raise InputError(f"normalise: image mode {image.mode!r} must be 'RGB'")
-    x: npt.NDArray[np.float32] = np.asarray(image, dtype=np.float32) / np.float32(255)  # [h,w,3]
+    byte = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)  # [256, 1]
     mean = np.asarray(cfg.norm_mean, np.float32)
     std = np.asarray(cfg.norm_std, np.float32)
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    table = np.ascontiguousarray(((byte - mean) / std).T)  # [3, 256] float32
+    out = np.empty((3, image.height, image.width), np.float32)
+    for c, band in enumerate(image.split()):  # R, G, B as contiguous [h, w] uint8 planes
+        np.take(table[c], np.asarray(band), out=out[c])
+    return out
 
 
 def preprocess(
