@@ -461,3 +461,44 @@ def test_decompression_bombs_are_refused_before_decoding(tmp_path: Path) -> None
     with pytest.raises(ImageTooLarge, match=r"19x11 = 209 pixels is more than the limit 200"):
         load_image(p, max_pixels=200)
     assert load_image(p, max_pixels=209).size == (19, 11)
+
+
+def _seed_files() -> list[bytes]:
+    img = _rand("RGB", (12, 9))
+    out = []
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "ICO", "DDS", "TGA"):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        out.append(buf.getvalue())
+    return out
+
+
+SEEDS = _seed_files()
+
+
+@given(
+    seed=st.sampled_from(range(len(SEEDS))),
+    edits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255), st.booleans()), max_size=6),
+    cut=st.floats(0.05, 1.0),
+)
+def test_corrupt_files_load_or_fail_by_name(
+    tmp_path_factory: pytest.TempPathFactory,
+    seed: int,
+    edits: list[tuple[float, int, bool]],
+    cut: float,
+) -> None:
+    data = bytearray(SEEDS[seed])
+    for where, byte, insert in edits:
+        i = int(where * (len(data) - 1))
+        if insert:
+            data[i:i] = bytes([byte])
+        else:
+            data[i] = byte
+    path = tmp_path_factory.mktemp("fuzz") / "f.bin"
+    path.write_bytes(bytes(data[: max(1, int(len(data) * cut))]))
+    try:
+        img = load_image(path)
+    except ImageFileError as e:
+        assert str(path) in str(e) and "\n" not in str(e)
+    else:
+        assert img.mode == "RGB"

@@ -203,8 +203,10 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     name = os.fspath(path)
     try:
         with warnings.catch_warnings():
-            # Our own limit below replaces Pillow's warning, which would only be printed.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Our own pixel limit below replaces Pillow's bomb warning, which would only be
+            # printed; its other warnings (corrupt EXIF, a palette's transparency) are about
+            # metadata HF ignores too, and would clutter the one-line errors of the CLI.
+            warnings.simplefilter("ignore")
             with Image.open(name) as img:
                 w, h = img.size
                 if w * h > max_pixels:
@@ -224,9 +226,11 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         raise ImageFileError(f"image {name!r}: is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise ImageFileError(f"image {name!r}: not an image format Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        # OSError: truncated data ("image file is truncated"), permissions, I/O; ValueError: a
-        # mode with no conversion to RGB; SyntaxError/EOFError: some plugins' corrupt headers.
+    except Exception as e:
+        # Pillow's format plugins parse untrusted bytes and fail in assorted ways: OSError for
+        # truncated data ("image file is truncated"), permissions and I/O; ValueError for a mode
+        # with no conversion to RGB; SyntaxError, EOFError, NotImplementedError (a fuzzed DDS
+        # header), struct.error ... for corrupt headers. Each means "not a usable image".
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageFileError(f"image {name!r}: cannot be read or decoded: {reason}") from None
 
