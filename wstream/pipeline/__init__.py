@@ -6,5 +6,6 @@
   markers, and the ``image_bound`` spans recovered from token ids.
 
 Both follow the Hugging Face remote code of MiniCPM-V 2.6 (``image_processing_minicpmv.py``,
-``processing_minicpmv.py``); ``../shared/reference/minicpmv-e2e.md`` §1–§2 has the facts.
+``processing_minicpmv.py``); the project reference ``minicpmv-e2e.md`` §1–§2 has the facts,
+with sources.
 """

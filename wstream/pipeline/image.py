@@ -203,8 +203,10 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
     name = os.fspath(path)
     try:
         with warnings.catch_warnings():
-            # Our own limit below replaces Pillow's warning, which would only be printed.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Our own pixel limit below replaces Pillow's bomb warning, which would only be
+            # printed; its other warnings (corrupt EXIF, a palette's transparency) are about
+            # metadata HF ignores too, and would clutter the one-line errors of the CLI.
+            warnings.simplefilter("ignore")
             with Image.open(name) as img:
                 w, h = img.size
                 if w * h > max_pixels:
@@ -224,9 +226,11 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_PIXELS) ->
         raise ImageFileError(f"image {name!r}: is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise ImageFileError(f"image {name!r}: not an image format Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as e:
-        # OSError: truncated data ("image file is truncated"), permissions, I/O; ValueError: a
-        # mode with no conversion to RGB; SyntaxError/EOFError: some plugins' corrupt headers.
+    except Exception as e:
+        # Pillow's format plugins parse untrusted bytes and fail in assorted ways: OSError for
+        # truncated data ("image file is truncated"), permissions and I/O; ValueError for a mode
+        # with no conversion to RGB; SyntaxError, EOFError, NotImplementedError (a fuzzed DDS
+        # header), struct.error ... for corrupt headers. Each means "not a usable image".
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ImageFileError(f"image {name!r}: cannot be read or decoded: {reason}") from None
 
@@ -401,15 +405,21 @@ def normalise(image: Image.Image, cfg: PreprocessorConfig) -> npt.NDArray[np.flo
     """An RGB slice as float32 ``[3, h, w]``: ``x / 255`` then ``(x - mean) / std``, as HF.
 
     HF's ``normalize`` casts mean and std to the image's float32 before subtracting and dividing,
-    so every step here is float32 too (``x / 127.5 - 1`` would round differently).
+    so every step here is float32 too (``x / 127.5 - 1`` would round differently). The result of
+    those float32 steps depends only on the byte and the channel, so they run once per byte
+    value (a 256 x 3 table) and the slice is a gather into channels-first order: bit-identical
+    to the elementwise arithmetic and several times faster.
     """
     if image.mode != "RGB":
         raise InputError(f"normalise: image mode {image.mode!r} must be 'RGB'")
-    x: npt.NDArray[np.float32] = np.asarray(image, dtype=np.float32) / np.float32(255)  # [h,w,3]
+    byte = np.arange(256, dtype=np.float32)[:, None] / np.float32(255)  # [256, 1]
     mean = np.asarray(cfg.norm_mean, np.float32)
     std = np.asarray(cfg.norm_std, np.float32)
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    table = np.ascontiguousarray(((byte - mean) / std).T)  # [3, 256] float32
+    out = np.empty((3, image.height, image.width), np.float32)
+    for c, band in enumerate(image.split()):  # R, G, B as contiguous [h, w] uint8 planes
+        np.take(table[c], np.asarray(band), out=out[c])
+    return out
 
 
 def preprocess(
