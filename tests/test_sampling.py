@@ -17,8 +17,12 @@ from hypothesis.extra import numpy as hnp
 from qwen_vocab import minicpmv_tokenizer
 
 from wstream.errors import BadLogits, ContextTooLong, GenerationConfigError, InputError
-from wstream.pipeline.sampling import (
+from wstream.pipeline.generation_config import (
     GenerationConfig,
+    parse_generation_config,
+    terminators,
+)
+from wstream.pipeline.sampling import (
     Sampler,
     SamplingParams,
     Stopper,
@@ -28,9 +32,7 @@ from wstream.pipeline.sampling import (
     apply_top_p,
     check_context,
     greedy,
-    parse_generation_config,
     sample,
-    terminators,
 )
 from wstream.pipeline.tokenizer import Tokenizer
 
