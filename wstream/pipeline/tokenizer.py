@@ -14,7 +14,8 @@ checkpoint ships them), and then encodes and decodes as transformers' fast token
 - special-token attributes (``bos_token``, ``eos_token``, ``unk_token``, ``pad_token``, ...,
   ``additional_special_tokens``) missing from the vocabulary are added as special tokens;
 - ``special_tokens_map.json`` and ``added_tokens.json`` are read only when the config has no
-  ``added_tokens_decoder`` (transformers treats them as the legacy layout then);
+  ``added_tokens_decoder`` (transformers treats them as the legacy layout then); the parsing of
+  all three files is :mod:`wstream.pipeline.tokenizer_config`;
 - ``decode(skip_special_tokens=True)`` drops every token marked special, which for MiniCPM-V
   includes ``<ref>``/``<box>``/``<quad>``/``<point>`` and ``<unk>``: callers that want grounding
   output decode with ``False`` and strip the terminators themselves;
@@ -35,7 +36,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -43,20 +43,12 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as _HFTokenizer
 
 from wstream.errors import MissingToken, TokenizerError
-
-# transformers' SPECIAL_TOKENS_ATTRIBUTES, in its order (the order matters for the template
-# variables only in that later keys do not override earlier ones).
-SPECIAL_TOKEN_ATTRIBUTES = (
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
+from wstream.pipeline.tokenizer_config import (
+    ADDED_TOKEN_FLAGS,
+    SpecialTokens,
+    parse_tokenizer_config,
+    special_strings,
 )
-
-_ADDED_TOKEN_FLAGS = ("single_word", "lstrip", "rstrip", "normalized", "special")
 
 # transformers' PreTrainedTokenizerBase.clean_up_tokenization, in its order.
 _CLEANUP = (
@@ -73,30 +65,6 @@ _CLEANUP = (
 )
 
 _REPLACEMENT = "\ufffd"  # what a lossy UTF-8 decode puts where bytes are incomplete
-
-
-class SpecialTokens(NamedTuple):
-    """A tokenizer's special-token attributes, as strings (transformers' special_tokens_map)."""
-
-    bos_token: str | None
-    eos_token: str | None
-    unk_token: str | None
-    sep_token: str | None
-    pad_token: str | None
-    cls_token: str | None
-    mask_token: str | None
-    additional_special_tokens: tuple[str, ...]
-
-    def template_variables(self) -> dict[str, Any]:
-        """The variables transformers passes to a chat template: each set attribute by name."""
-        out: dict[str, Any] = {}
-        for name in SPECIAL_TOKEN_ATTRIBUTES:
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value
-        if self.additional_special_tokens:
-            out["additional_special_tokens"] = list(self.additional_special_tokens)
-        return out
 
 
 class MiniCPMVTokens(NamedTuple):
@@ -173,20 +141,14 @@ class Tokenizer:
             ) from None
         except Exception as exc:  # the Rust side raises a bare Exception for every parse failure
             raise TokenizerError(f"tokenizer.json: {str(exc)[:200]}") from None
-        if not isinstance(tokenizer_config, Mapping):
-            raise TokenizerError("tokenizer_config.json: must be a JSON object")
+        parsed = parse_tokenizer_config(
+            tokenizer_config, special_tokens_map=special_tokens_map, added_tokens=added_tokens
+        )
         # encode() of one text is neither padded nor truncated in transformers unless asked.
         backend.no_padding()
         backend.no_truncation()
 
-        config = dict(tokenizer_config)
-        declared = _parse_added_tokens_decoder(config.get("added_tokens_decoder"))
-        if declared is None:  # the legacy layout: the two side files carry the information
-            for key, value in (special_tokens_map or {}).items():
-                config[key] = value
-        special = _parse_special_tokens(config)
-        if declared is None:
-            declared = _legacy_added_tokens(added_tokens or {}, special)
+        declared, special = parsed.added_tokens, parsed.special
 
         # transformers: add the declared tokens the tokenizer.json lacks (or has differently),
         # then the special-token attributes still missing, all in id order, specials flagged.
@@ -194,9 +156,9 @@ class Tokenizer:
         to_add = [t for _, t in sorted(declared.items()) if _token_key(t) not in existing]
         known = {t.content for t in backend.get_added_tokens_decoder().values()}
         known |= {t.content for t in to_add}
-        named = [s for s in _special_strings(special) if s not in known]
+        named = [s for s in special_strings(special) if s not in known]
         to_add += [AddedToken(s, special=True, normalized=False) for s in dict.fromkeys(named)]
-        named_set = set(_special_strings(special))
+        named_set = set(special_strings(special))
         for token in to_add:
             is_special = token.special or token.content in named_set
             fixed = _with_special(token, is_special)
@@ -212,22 +174,12 @@ class Tokenizer:
                     f"but the vocabulary gives it id {got}"
                 )
 
-        cleanup = config.get("clean_up_tokenization_spaces", False)
-        if not isinstance(cleanup, bool):
-            raise TokenizerError(
-                f"tokenizer_config.json: clean_up_tokenization_spaces: {cleanup!r} is not a boolean"
-            )
-        split = config.get("split_special_tokens", False)
-        if not isinstance(split, bool):
-            raise TokenizerError(
-                f"tokenizer_config.json: split_special_tokens: {split!r} is not a boolean"
-            )
-        backend.encode_special_tokens = split
+        backend.encode_special_tokens = parsed.split_special_tokens
         return cls(
             backend,
             special,
-            clean_up_tokenization_spaces=cleanup,
-            chat_template=_parse_chat_template(config.get("chat_template")),
+            clean_up_tokenization_spaces=parsed.clean_up_tokenization_spaces,
+            chat_template=parsed.chat_template,
         )
 
     # --- lookups ---------------------------------------------------------------------------------
@@ -360,119 +312,15 @@ class StreamDecoder:
         return done, decode(self._ids[self._prefix :], self._skip)
 
 
-# --- parsing the config files ---------------------------------------------------------------------
-
-
-def _parse_added_tokens_decoder(raw: Any) -> dict[int, AddedToken] | None:
-    if raw is None:
-        return None
-    where = "tokenizer_config.json: added_tokens_decoder"
-    if not isinstance(raw, Mapping):
-        raise TokenizerError(f"{where}: must be an object of id -> token, got {type(raw).__name__}")
-    out: dict[int, AddedToken] = {}
-    for key, entry in raw.items():
-        try:
-            index = int(key)
-        except (TypeError, ValueError):
-            raise TokenizerError(f"{where}: key {key!r} is not an integer id") from None
-        if index < 0:
-            raise TokenizerError(f"{where}: key {key!r} is negative")
-        out[index] = _parse_added_token(entry, f"{where}[{key}]")
-    return out
-
-
-def _parse_added_token(entry: Any, where: str) -> AddedToken:
-    if not isinstance(entry, Mapping):
-        raise TokenizerError(f"{where}: must be an object with 'content', got {entry!r:.80}")
-    content = entry.get("content")
-    if not isinstance(content, str) or not content:
-        raise TokenizerError(f"{where}.content: {content!r:.80} is not a non-empty string")
-    flags: dict[str, bool] = {}
-    for flag in _ADDED_TOKEN_FLAGS:
-        if flag in entry:
-            value = entry[flag]
-            if not isinstance(value, bool):
-                raise TokenizerError(f"{where}.{flag}: {value!r:.80} is not a boolean")
-            flags[flag] = value
-    return AddedToken(content, **flags)
-
-
-def _legacy_added_tokens(raw: Mapping[str, Any], special: SpecialTokens) -> dict[int, AddedToken]:
-    # added_tokens.json maps string -> id; transformers makes each an AddedToken that is special
-    # (and not normalized) when it is one of the special-token attributes.
-    named = set(_special_strings(special))
-    out: dict[int, AddedToken] = {}
-    for content, index in raw.items():
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            raise TokenizerError(f"added_tokens.json: {content!r}: {index!r} is not a token id")
-        is_special = content in named
-        out[index] = AddedToken(
-            content, lstrip=False, rstrip=False, normalized=not is_special, special=is_special
-        )
-    return out
-
-
-def _token_string(value: Any, where: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return str(value["content"])  # the serialised AddedToken form {"content": ..., ...}
-    raise TokenizerError(f"{where}: {value!r:.80} is not a token string")
-
-
-def _parse_special_tokens(config: Mapping[str, Any]) -> SpecialTokens:
-    values = {
-        name: _token_string(config.get(name), f"tokenizer_config.json: {name}")
-        for name in SPECIAL_TOKEN_ATTRIBUTES
-    }
-    extra = config.get("additional_special_tokens") or []
-    if not isinstance(extra, list):
-        raise TokenizerError(
-            f"tokenizer_config.json: additional_special_tokens: {extra!r:.80} is not a list"
-        )
-    additional = []
-    for i, item in enumerate(extra):
-        token = _token_string(item, f"tokenizer_config.json: additional_special_tokens[{i}]")
-        if token is not None:
-            additional.append(token)
-    return SpecialTokens(**values, additional_special_tokens=tuple(additional))
-
-
-def _parse_chat_template(raw: Any) -> str | None:
-    # A string, or transformers' named list [{"name": ..., "template": ...}]; "default" is the one
-    # apply_chat_template uses when no name is asked for.
-    if raw is None or isinstance(raw, str):
-        return raw
-    where = "tokenizer_config.json: chat_template"
-    if isinstance(raw, list):
-        named: dict[str, str] = {}
-        for i, item in enumerate(raw):
-            if not (
-                isinstance(item, Mapping)
-                and isinstance(item.get("name"), str)
-                and isinstance(item.get("template"), str)
-            ):
-                raise TokenizerError(f"{where}[{i}]: expected {{'name': str, 'template': str}}")
-            named[item["name"]] = item["template"]
-        if "default" not in named:
-            raise TokenizerError(f"{where}: no template named 'default' among {sorted(named)}")
-        return named["default"]
-    raise TokenizerError(f"{where}: {type(raw).__name__} is neither a string nor a named list")
-
-
-def _special_strings(special: SpecialTokens) -> list[str]:
-    out = [getattr(special, n) for n in SPECIAL_TOKEN_ATTRIBUTES if getattr(special, n) is not None]
-    return out + list(special.additional_special_tokens)
+# --- helpers --------------------------------------------------------------------------------------
 
 
 def _token_key(token: AddedToken) -> tuple[Any, ...]:
-    return (token.content, *(getattr(token, f) for f in _ADDED_TOKEN_FLAGS))
+    return (token.content, *(getattr(token, f) for f in ADDED_TOKEN_FLAGS))
 
 
 def _with_special(token: AddedToken, special: bool) -> AddedToken:
-    flags = {f: getattr(token, f) for f in _ADDED_TOKEN_FLAGS if f != "special"}
+    flags = {f: getattr(token, f) for f in ADDED_TOKEN_FLAGS if f != "special"}
     return AddedToken(token.content, special=special, **flags)
 
 
@@ -480,16 +328,3 @@ def _clean_up(text: str) -> str:
     for old, new in _CLEANUP:
         text = text.replace(old, new)
     return text
-
-
-def load_json_object(data: bytes, name: str) -> dict[str, Any]:
-    """Parse a small JSON config file (``tokenizer_config.json`` ...) that must be an object."""
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TokenizerError(f"{name}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise TokenizerError(f"{name}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(value, dict):
-        raise TokenizerError(f"{name}: must be a JSON object, got {type(value).__name__}")
-    return value
