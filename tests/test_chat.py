@@ -156,13 +156,14 @@ def test_a_typed_image_token_is_rejected(container: Path) -> None:
 
 
 def test_a_container_without_tokenizer_is_a_named_error(bare_container: Path) -> None:
-    with pytest.raises(MissingModelFile, match="tokenizer.json"):
+    with pytest.raises(MissingModelFile, match=r"tokenizer\.json"):
         Model.open(bare_container)
 
 
 def wstream(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wstream.cli", *map(str, args)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=300,
@@ -172,13 +173,28 @@ def wstream(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_answers_with_json(container: Path) -> None:
     c = max(CASES["cases"], key=lambda c: c["slices"])
     r = wstream(
-        "run", container, "--image", GOLDEN / c["image"], "--prompt", c["question"], "--json",
-        "--budget", "1M",
+        "run",
+        container,
+        "--image",
+        GOLDEN / c["image"],
+        "--prompt",
+        c["question"],
+        "--json",
+        "--budget",
+        "1M",
     )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    for key in ("text", "generated", "finish_reason", "slices", "image_tokens", "timings",
-                "peak_rss_bytes", "bytes_read"):
+    for key in (
+        "text",
+        "generated",
+        "finish_reason",
+        "slices",
+        "image_tokens",
+        "timings",
+        "peak_rss_bytes",
+        "bytes_read",
+    ):
         assert key in out
     assert out["slices"] == c["slices"]
     assert out["image_tokens"] == 16 * c["slices"]

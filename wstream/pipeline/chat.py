@@ -40,6 +40,11 @@ from wstream.container.reader import Container
 from wstream.errors import InputError, MissingModelFile
 from wstream.model.config import VLMConfig, from_hf
 from wstream.model.vlm import Generation, generate_tokens
+from wstream.pipeline.generation_config import (
+    GenerationConfig,
+    parse_generation_config,
+    terminators,
+)
 from wstream.pipeline.image import ImageSlices, PreprocessorConfig, load_image, preprocess
 from wstream.pipeline.placeholders import (
     IMAGE,
@@ -52,13 +57,10 @@ from wstream.pipeline.placeholders import (
 )
 from wstream.pipeline.sampling import (
     FinishReason,
-    GenerationConfig,
     Sampler,
     SamplingParams,
     Stopper,
     check_context,
-    parse_generation_config,
-    terminators,
 )
 from wstream.pipeline.template import ChatTemplate, build_prompt
 from wstream.pipeline.tokenizer import Tokenizer
