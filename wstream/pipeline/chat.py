@@ -179,7 +179,7 @@ def _optional_json(files: Mapping[str, bytes], name: str) -> dict[str, Any] | No
 def container_files(container: Container) -> dict[str, bytes]:
     """The model files a container carries (each CRC-checked as it is read)."""
     wanted = REQUIRED_FILES + OPTIONAL_FILES
-    return {name: container.read_file(name) for name in container.file_names if name in wanted}
+    return {f.name: container.read_file(f.name) for f in container.files if f.name in wanted}
 
 
 class ChatStream:
