@@ -34,8 +34,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # qwen_vocab: the offline 2.6 tokenizer
 
-from _measure import MiB, Sampler, drop_cache, wait_quiet, warm
-from full_model import ensure_checkpoint, stamp_ok, write_stamp
+from _measure import MiB, Sampler, drop_cache, wait_quiet, warm  # noqa: E402
+from full_model import ensure_checkpoint, stamp_ok, write_stamp  # noqa: E402
 
 RESULTS = HERE / "results"
 BUDGET = "1G"
