@@ -156,3 +156,17 @@ class BudgetTooSmall(LoaderError, InputError):
 
 class LossyUnpack(InputError):
     """Unpacking a lossy container was asked for without allowing it."""
+
+
+class MissingModelFile(InputError):
+    """A container lacks a file of the source checkpoint that a command needs (tokenizer.json,
+    ...): the checkpoint must be packed again with that file beside its weights."""
+
+
+class BadModelFile(InputError):
+    """A file embedded in a container is not what its use needs (e.g. not strict JSON)."""
+
+
+class OutputExists(InputError):
+    """An output file exists with other content (or is not a regular file): nothing is
+    replaced unless asked (``--force``)."""

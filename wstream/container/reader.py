@@ -20,7 +20,8 @@ import numpy as np
 from wstream import errors as E
 from wstream.format import codecs
 from wstream.format.crc import crc32
-from wstream.format.manifest import ChunkEntry, TensorEntry, read_manifest
+from wstream.format.files import decode_file, parse_json
+from wstream.format.manifest import ChunkEntry, FileEntry, TensorEntry, read_manifest
 from wstream.format.quant import dequantize_int8
 
 
@@ -175,7 +176,8 @@ class Container:
                     yield entry.name, out
 
     def verify(self) -> None:
-        """Check every chunk's CRC and decode it fully; raise the first error, naming the chunk."""
+        """Check every chunk's CRC and decode it fully, then every embedded file's; raise the
+        first error, naming the chunk or file."""
         largest = max((c.raw_nbytes for c in self.manifest.chunks), default=0)
         scratch = np.empty(largest, np.uint8)
         for chunk in self.manifest.chunks:
@@ -183,6 +185,41 @@ class Container:
                 self.check_crc(chunk)
             else:
                 self.decode_into(chunk, scratch.data[: chunk.raw_nbytes])
+        for entry in self.manifest.files:
+            self._read_file(entry, verify=True)
+
+    # --- embedded files (SPEC.md section 13) ----------------------------------------------------
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        """The embedded files (name, nbytes, raw_nbytes, ...), in manifest order."""
+        return self.manifest.files
+
+    def read_file(self, name: str, *, verify: bool = True) -> bytes:
+        """An embedded file's bytes, CRC-checked and decoded within its declared size.
+
+        Raises :class:`~wstream.errors.MissingModelFile` when the container has no such file."""
+        entry = self.manifest.file(name)
+        if entry is None:
+            held = ", ".join(f.name for f in self.manifest.files) or "none"
+            raise E.MissingModelFile(
+                f"{self.path}: has no embedded {name!r} (it holds: {held}); pack the checkpoint "
+                f"again with {name} beside its weights"
+            )
+        return self._read_file(entry, verify=verify)
+
+    def read_json(self, name: str) -> Any:
+        """An embedded JSON file (tokenizer.json, generation_config.json, ...), parsed strictly:
+        :class:`~wstream.errors.MissingModelFile` when absent, :class:`~wstream.errors.BadModelFile`
+        when it is not strict JSON."""
+        return parse_json(self.read_file(name), f"{self.path}: {name}", E.BadModelFile)
+
+    def _read_file(self, entry: FileEntry, *, verify: bool) -> bytes:
+        stored = memoryview(self.mmap())[entry.offset : entry.offset + entry.nbytes]
+        try:
+            return decode_file(entry, stored, verify=verify)
+        finally:
+            stored.release()
 
     def stream(
         self,
