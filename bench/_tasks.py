@@ -118,8 +118,8 @@ def pack_run(
 def open_times(path: str, repeats: int = 20, cold_first: bool = False) -> dict[str, Any]:
     """In-process: open_container (preamble + manifest + CRC + parse) and info_dict, repeated."""
     t = time.perf_counter()
+    from wstream import open_container
     from wstream.cli import info_dict
-    from wstream.container.reader import open_container
 
     imports = time.perf_counter() - t
     first = None
@@ -167,7 +167,7 @@ def stream(
     expect_cold: bool = False,
 ) -> dict[str, Any]:
     """Stream every chunk in file order; the consumer touches every page (or just releases)."""
-    from wstream.container.reader import open_container
+    from wstream import open_container
     from wstream.stream.loader import StreamingLoader
 
     res = resident(path) if expect_cold else None
@@ -177,7 +177,7 @@ def stream(
     base = status()
     t0 = time.perf_counter()
     loader = StreamingLoader(
-        c, budget=budget, prefetch=prefetch, workers=workers, widen=widen, verify=verify
+        c, budget=budget, prefetch=prefetch, workers=workers, widen=_widen(widen), verify=verify
     )
     acc = 0
     handed = 0
@@ -348,8 +348,10 @@ def overlap(
     same in both modes. ``group_prefix`` keeps only the chunks of groups starting with it."""
     import numpy as np
 
-    from wstream.container.reader import open_container, piece_views
-    from wstream.model.weights import SUB_ELEMENTS, widen_into
+    from wstream import open_container
+    from wstream.format.chunk import piece_views
+    from wstream.model.fast import widen_into
+    from wstream.model.weights import SUB_ELEMENTS
     from wstream.stream.loader import EagerWeights, StreamingLoader
 
     c = open_container(path)
@@ -382,7 +384,7 @@ def overlap(
             prefetch=prefetch,
             workers=workers,
             verify=verify,
-            widen="dequantize" if forward_widens else True,
+            widen="dequantize" if forward_widens else "float32",
         )
     else:
         raise ValueError(mode)
@@ -459,7 +461,7 @@ def first_chunk(
     (and then its pages touched). Imports are timed separately; ``preimport`` also imports what
     wstream imports lazily on first use (ml_dtypes, for bf16), so that is not charged either."""
     t = time.perf_counter()
-    from wstream.container.reader import open_container
+    from wstream import open_container
     from wstream.stream.loader import StreamingLoader
 
     if preimport:
@@ -472,7 +474,7 @@ def first_chunk(
     t_open = time.perf_counter()
     names = [ch.name for ch in c.manifest.chunks]
     loader = StreamingLoader(
-        c, budget=budget, prefetch=prefetch, workers=workers, widen=widen, verify=verify
+        c, budget=budget, prefetch=prefetch, workers=workers, widen=_widen(widen), verify=verify
     )
     stream = loader.stream(names)
     t_setup = time.perf_counter()
@@ -501,3 +503,11 @@ def first_chunk(
         "file_size": size,
         "resident_before": res,
     }
+
+
+def _widen(value: bool | str) -> str:
+    """The loader's widen mode from a figure's setting: True / False as the figures have always
+    been labelled (float32 / stored), or a mode by name."""
+    if isinstance(value, bool):
+        return "float32" if value else "stored"
+    return value

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import CODECS, slab
 
-from wstream.container.reader import open_container
+from wstream import open_container
 
 
 @pytest.mark.parametrize("codec", list(CODECS))

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from wstream.container.reader import open_container
+from wstream import open_container
 from wstream.format import spec
 from wstream.format.manifest import parse_manifest, parse_preamble
 

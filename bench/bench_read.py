@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from conftest import CODECS
 
-from wstream.container.reader import open_container
+from wstream import open_container
 from wstream.stream.loader import StreamingLoader
+from wstream.stream.plan import Widen
+from wstream.stream.testing import InstrumentedLoader
 
 MiB = 1 << 20
 
@@ -41,7 +43,13 @@ def test_stream_container(
         throughput(sum(ch.raw_nbytes for ch in c.manifest.chunks))
 
         def walk() -> None:
-            with StreamingLoader(c, budget=32 * MiB, prefetch=2, workers=2, widen=widen) as loader:
+            with StreamingLoader(
+                c,
+                budget=32 * MiB,
+                prefetch=2,
+                workers=2,
+                widen=Widen.FLOAT32 if widen else Widen.STORED,
+            ) as loader:
                 for chunk in loader.stream(names):
                     chunk.release()
 
@@ -64,8 +72,8 @@ def test_prefetch_hides_latency(benchmark: Any, containers: dict[str, Path], pre
             return c.stored(chunk)
 
         def walk() -> None:
-            with StreamingLoader(
-                c, budget=32 * MiB, prefetch=prefetch, widen=False, stored=slow
+            with InstrumentedLoader(
+                c, budget=32 * MiB, prefetch=prefetch, widen=Widen.STORED, stored=slow
             ) as loader:
                 for chunk in loader.stream(names):
                     with chunk:

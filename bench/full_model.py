@@ -41,9 +41,11 @@ GiB = 1 << 30
 
 _VISION_CHILD = r"""
 import json, sys, time
-import wstream  # first, as `wstream run` does: it configures OpenBLAS before numpy loads it
+import os
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # as the `wstream` command does, before numpy loads
 import numpy as np
 from wstream.stream.loader import StreamingLoader
+from wstream.stream.plan import Widen
 from wstream.model import vision
 from wstream.model.config import from_hf
 from wstream.model.schedule import execution_order
@@ -53,7 +55,7 @@ from wstream.run import load_image
 
 c = Container(sys.argv[1])
 cfg = from_hf(c.manifest.config).vision
-loader = StreamingLoader(c, budget=None)  # no budget: every vision chunk stays once loaded
+loader = StreamingLoader(c, budget=None, widen=Widen.FLOAT32)  # no budget: every vision chunk stays once loaded
 plans = {p.name: p for p in execution_order(loader.tensor_names)}
 groups = ["vision.embed"] + [f"vision.layer.{i}" for i in range(cfg.layers)] + ["vision.post_norm"]
 pixels = load_image(sys.argv[2])

@@ -125,6 +125,18 @@ def test_writer_reader_round_trip(tmp_path: Path, zstd: bool) -> None:
     VALIDATOR.validate(doc)
 
 
+def test_read_through_a_source_without_a_map(tmp_path: Path) -> None:
+    """An object-store source (ranges only): the files are read, checked and named the same."""
+    from test_source import Unmapped
+
+    path = write(tmp_path / "f.wst", [("a.json", b'{"a": 1}', False), ("b", b"x" * 5000, True)])
+    with Container(Unmapped(path)) as c:
+        c.verify()
+        assert c.read_json("a.json") == {"a": 1} and c.read_file("b") == b"x" * 5000
+        with pytest.raises(E.MissingModelFile, match=r"^unmapped:.*no embedded 'c'"):
+            c.read_file("c")
+
+
 def test_files_without_chunks(tmp_path: Path) -> None:
     path = write(tmp_path / "f.wst", [("a.txt", b"hello", False)], chunk=False)
     with Container(path) as c:

@@ -36,6 +36,8 @@ from wstream.model.ops import navit_position_ids
 from wstream.model.vlm import Generation, chunks_holding, generate
 from wstream.pack import pack
 from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.plan import Widen
+from wstream.stream.testing import InstrumentedLoader
 
 CASES = golden_cases()
 PACKINGS = {  # name: (codec, max_chunk)
@@ -212,7 +214,7 @@ def test_streamed_equals_eager(packing: str, containers: dict[tuple[str, str], P
     path = containers["tiny-gqa", packing]
     eager, _ = run_case(path, case)
     with Container(path) as c:
-        with StreamingLoader(c) as probe:
+        with StreamingLoader(c, widen=Widen.FLOAT32) as probe:
             smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
     full = packing == "raw-64k"  # the whole grid once; a corner of it for the codecs
     # The workers widen to float32, or (what `wstream run` uses) the forward widens bf16 itself.
@@ -222,7 +224,7 @@ def test_streamed_equals_eager(packing: str, containers: dict[tuple[str, str], P
                 streamed, _ = run_case(
                     path,
                     case,
-                    StreamingLoader,
+                    InstrumentedLoader,
                     budget=budget,
                     prefetch=k,
                     poison=True,

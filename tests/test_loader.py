@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from wstream.container.reader import Container, piece_views
+from wstream.container.reader import Container
 from wstream.errors import BudgetTooSmall, ChunkChecksumMismatch, LoaderError
+from wstream.format.chunk import piece_views
 from wstream.format.manifest import ChunkEntry
 from wstream.pack import pack
-from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.loader import EagerWeights, StreamingContainer, StreamingLoader
+from wstream.stream.plan import Widen
+from wstream.stream.testing import InstrumentedLoader
 
 MAX_CHUNK = 96 * 1024
 
@@ -45,7 +48,7 @@ def container(
     d = tmp_path_factory.mktemp(f"loader-{request.param}")
     src = _checkpoint(d / "model.safetensors")
     pack(src, d / "model.wst", codec=request.param, max_chunk=MAX_CHUNK)
-    with Container(d / "model.wst") as c:
+    with StreamingContainer(d / "model.wst") as c:
         yield c
 
 
@@ -77,11 +80,12 @@ def test_stream_equals_eager_for_every_k_and_budget(
 ) -> None:
     expected = _expected(container, widen)
     names = _names(container)
-    probe = StreamingLoader(container, widen=widen)
+    mode = Widen.FLOAT32 if widen else Widen.STORED
+    probe = StreamingLoader(container, widen=mode)
     smallest = probe.min_budget(names)
     probe.close()
     for budget in (smallest, 2 * smallest, 5 * smallest, None):
-        with StreamingLoader(container, budget=budget, prefetch=k, widen=widen) as loader:
+        with StreamingLoader(container, budget=budget, prefetch=k, widen=mode) as loader:
             stream = loader.stream(names)
             seen = []
             for chunk in stream:
@@ -111,7 +115,9 @@ def test_never_more_than_k_ahead_instrumented(container: Container) -> None:
                 started.append(chunk.name)
             return container.stored(chunk)
 
-        with StreamingLoader(container, prefetch=k, stored=stored) as loader:
+        with InstrumentedLoader(
+            container, prefetch=k, stored=stored, widen=Widen.FLOAT32
+        ) as loader:
             consumed = 0
             for chunk in loader.stream(names):
                 with chunk:
@@ -131,9 +137,9 @@ def test_container_stream_api_yields_named_views(container: Container) -> None:
 
 def test_budget_below_largest_chunk_is_a_clear_error(container: Container) -> None:
     names = _names(container)
-    with StreamingLoader(container) as probe:
+    with StreamingLoader(container, widen=Widen.FLOAT32) as probe:
         smallest = probe.min_budget(names)
-    with StreamingLoader(container, budget=smallest - 1) as loader:
+    with StreamingLoader(container, budget=smallest - 1, widen=Widen.FLOAT32) as loader:
         with pytest.raises(BudgetTooSmall, match="budget"):
             for chunk in loader.stream(names):
                 chunk.release()
@@ -142,9 +148,9 @@ def test_budget_below_largest_chunk_is_a_clear_error(container: Container) -> No
 
 def test_consumer_hoarding_chunks_gets_a_clear_error_not_a_hang(container: Container) -> None:
     names = _names(container)
-    with StreamingLoader(container) as probe:
+    with StreamingLoader(container, widen=Widen.FLOAT32) as probe:
         smallest = probe.min_budget(names)
-    with StreamingLoader(container, budget=smallest) as loader:
+    with StreamingLoader(container, budget=smallest, widen=Widen.FLOAT32) as loader:
         with pytest.raises(BudgetTooSmall, match="still holds"):
             list(loader.stream(names))  # never releases anything
     assert not _alive_workers()
@@ -167,7 +173,9 @@ def test_worker_fault_reaches_consumer_and_everything_is_returned(
         bad[len(bad) // 2] ^= 0x40
         return memoryview(bytes(bad))
 
-    loader = StreamingLoader(container, budget=None, prefetch=2, stored=stored, verify=True)
+    loader = InstrumentedLoader(
+        container, budget=None, prefetch=2, stored=stored, verify=True, widen=Widen.FLOAT32
+    )
     error = ChunkChecksumMismatch if fault == "corrupt" else LoaderError
     seen = []
     with pytest.raises(error, match=victim.replace("#", ".")):
@@ -192,7 +200,7 @@ def test_corrupt_bytes_are_not_returned_when_verify_is_off_only_if_codec_rejects
             data[0] ^= 1
         return memoryview(bytes(data))
 
-    with StreamingLoader(container, stored=stored) as loader:
+    with InstrumentedLoader(container, stored=stored, widen=Widen.FLOAT32) as loader:
         with pytest.raises(ChunkChecksumMismatch):
             for chunk in loader.stream(names):
                 chunk.release()
@@ -201,7 +209,7 @@ def test_corrupt_bytes_are_not_returned_when_verify_is_off_only_if_codec_rejects
 @pytest.mark.parametrize("how", ["break", "raise"])
 def test_leaving_early_returns_every_slab_and_stops_threads(container: Container, how: str) -> None:
     names = _names(container)
-    with StreamingLoader(container, budget=None, prefetch=3) as loader:
+    with StreamingLoader(container, budget=None, prefetch=3, widen=Widen.FLOAT32) as loader:
         stream = loader.stream(names)
         try:
             for i, chunk in enumerate(stream):
@@ -226,7 +234,9 @@ def test_two_streams_over_one_container_at_once(container: Container) -> None:
 
     def run(order: list[str]) -> None:
         try:
-            with StreamingLoader(container, budget=4 * MAX_CHUNK * 3, prefetch=2) as loader:
+            with StreamingLoader(
+                container, budget=4 * MAX_CHUNK * 3, prefetch=2, widen=Widen.FLOAT32
+            ) as loader:
                 for _ in range(3):
                     for chunk in loader.stream(order):
                         with chunk:
@@ -245,10 +255,10 @@ def test_two_streams_over_one_container_at_once(container: Container) -> None:
 
 def test_cyclic_walk_keeps_a_fixed_resident_subset(container: Container) -> None:
     names = _names(container)
-    with StreamingLoader(container) as probe:
+    with StreamingLoader(container, widen=Widen.FLOAT32) as probe:
         cost = {n: probe.chunk_cost(n) for n in names}
     budget = (1 + 1) * max(cost.values()) + sum(cost.values()) // 2
-    with StreamingLoader(container, budget=budget, prefetch=1) as loader:
+    with StreamingLoader(container, budget=budget, prefetch=1, widen=Widen.FLOAT32) as loader:
         reads = []
         resident_sets = []
         for _ in range(4):
@@ -274,7 +284,7 @@ def test_warm_prefetches_in_background_and_is_adopted(container: Container) -> N
         return container.stored(chunk)
 
     expected = _expected(container, True)
-    with StreamingLoader(container, prefetch=2, stored=stored) as loader:
+    with InstrumentedLoader(container, prefetch=2, stored=stored, widen=Widen.FLOAT32) as loader:
         loader.warm(names[:3])  # returns without waiting
         for chunk in loader.stream(names):
             with chunk:
@@ -287,7 +297,7 @@ def test_warm_prefetches_in_background_and_is_adopted(container: Container) -> N
 def test_eager_weights_match_stream(container: Container) -> None:
     names = _names(container)
     eager = EagerWeights(container)
-    with StreamingLoader(container, budget=None) as loader:
+    with StreamingLoader(container, budget=None, widen=Widen.FLOAT32) as loader:
         for a, b in zip(eager.stream(names), loader.stream(names)):
             assert [x.tobytes() for x in a.arrays()] == [y.tobytes() for y in b.arrays()]
             b.release()
@@ -295,7 +305,7 @@ def test_eager_weights_match_stream(container: Container) -> None:
 
 def test_crc_can_be_switched_off(container: Container) -> None:
     names = _names(container)
-    with StreamingLoader(container, verify=False) as loader:
+    with StreamingLoader(container, verify=False, widen=Widen.FLOAT32) as loader:
         n = sum(1 for chunk in loader.stream(names) if chunk.release() is None)
     assert n == len(names)
     assert all(

@@ -29,7 +29,7 @@ def status(key):
 
 c = Container(sys.argv[1])
 names = [ch.name for ch in c.manifest.chunks]
-loader = StreamingLoader(c, budget=int(sys.argv[2]), prefetch=2, widen=False)
+loader = StreamingLoader(c, budget=int(sys.argv[2]), prefetch=2, widen="stored")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset VmHWM to the current RSS: the baseline
 base = status("VmHWM")

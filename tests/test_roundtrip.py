@@ -23,9 +23,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from wst_testing import assert_same_tensors, same_tensor, write_checkpoint, write_container
 
-from wstream.container.reader import Container, piece_views
+from wstream.container.reader import Container
 from wstream.errors import InputError
 from wstream.format import spec
+from wstream.format.chunk import piece_views
 from wstream.format.spec import DType
 from wstream.pack import pack
 from wstream.unpack import unpack

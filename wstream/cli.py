@@ -125,17 +125,17 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 
 def info_dict(path: str) -> dict[str, Any]:
     """Everything ``info --json`` prints. Reads the preamble and manifest only (no numpy)."""
-    from wstream.format.manifest import read_manifest
+    from wstream.container.header import read_header
+    from wstream.container.source import LocalFile
 
-    fd = os.open(path, os.O_RDONLY)
+    source = LocalFile(path)
     try:
-        size = os.fstat(fd).st_size
-        preamble, m = read_manifest(fd, size)
+        preamble, m = read_header(source)
     finally:
-        os.close(fd)
+        source.close()
     return {
         "path": path,
-        "file_size": size,
+        "file_size": source.size,
         "version": preamble.version,
         "writer": m.writer,
         "lossy": m.lossy,
@@ -166,7 +166,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         key = "+".join(_step_name(s) for s in ch["codec"]) or "raw"
         codecs_used[key] = codecs_used.get(key, 0) + 1
     ratio = d["raw_nbytes"] / d["stored_nbytes"] if d["stored_nbytes"] else 1.0
-    stages = list(dict.fromkeys(g.split(".", 1)[0] for g in d["groups"]))
+    from wstream.format.manifest import stage_of
+
+    stages = list(dict.fromkeys(stage_of(g) for g in d["groups"]))
     print(f"file      {d['path']} ({human(d['file_size'])})")
     lossy = "LOSSY (quantized or converted: values differ from the source)"
     print(
@@ -478,5 +480,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def configure_process() -> None:
+    """Settings for the whole process, made only by the ``wstream`` command (which owns its
+    process), never on import, and before numpy loads OpenBLAS, which reads them once.
+
+    ``OPENBLAS_THREAD_TIMEOUT=1``: OpenBLAS threads spin for a while after each matmul. In
+    ``wstream run`` they share two cores with the prefetch workers and with the row-parallel
+    numpy work between matmuls, which they would starve (a vision layer's attention: 60 ms
+    spinning, 37 ms not). An explicit setting in the environment wins."""
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+
+
+def entry() -> None:
+    """The ``wstream`` console script: configure the process, then run :func:`main`."""
+    configure_process()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

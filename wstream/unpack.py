@@ -19,8 +19,9 @@ from typing import NamedTuple
 import numpy as np
 
 from wstream.container.atomic import AtomicFile
-from wstream.container.reader import Container, dequantize_into
+from wstream.container.reader import Container
 from wstream.errors import InputError, LossyUnpack, OutputExists
+from wstream.format import chunk as wchunk
 from wstream.format.manifest import FileEntry
 
 
@@ -160,10 +161,9 @@ def _write_safetensors(c: Container, dst: Path) -> int:
                 info = infos[e.name]
                 row_nbytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
                 at = offsets[e.name] + (e.rows[0] * row_nbytes if e.rows else 0)
-                if e.quant is not None:
-                    values = np.empty(e.piece_shape, np.float32)
-                    dequantize_into(e, data, values)
-                    piece = values.astype(e.dtype.numpy)  # round to nearest even
+                if e.quant is not None:  # dequantized, rounded to nearest even
+                    piece = np.empty(e.piece_shape, e.dtype.numpy)
+                    wchunk.convert_piece(e, data, wchunk.piece_views_of(e, data), piece)
                 else:
                     piece = np.ascontiguousarray(data[e.offset : e.offset + e.nbytes])
                 out.pwrite_all(piece.reshape(-1).view(np.uint8).data, at)

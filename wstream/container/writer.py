@@ -16,8 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from wstream import __version__
 from wstream import errors as E
+from wstream._version import __version__
 from wstream.container.atomic import AtomicFile
 from wstream.format import codecs, crc, spec
 from wstream.format.manifest import (
@@ -41,10 +41,6 @@ class WriterState(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
     ABORTED = "aborted"
-
-
-def align_up(n: int, alignment: int) -> int:
-    return -(-n // alignment) * alignment
 
 
 class ContainerWriter:
@@ -92,7 +88,7 @@ class ContainerWriter:
             raise E.WStreamError("cannot add a chunk after a file: files follow the last chunk")
         if name in self._names:
             raise E.DuplicateName(f"chunk name {name!r} is used twice")
-        offset = align_up(self._end, spec.CHUNK_ALIGNMENT)
+        offset = spec.align_up(self._end, spec.CHUNK_ALIGNMENT)
         parts = [stored] if isinstance(stored, bytes | bytearray | memoryview) else list(stored)
         nbytes = 0
         summed = 0
@@ -132,7 +128,7 @@ class ContainerWriter:
             frames, recorded = codecs.encode((CodecStep(CodecId.ZSTD),), data)
             if sum(memoryview(f).nbytes for f in frames) < raw_nbytes:  # else: stored raw
                 parts, codec = frames, recorded
-        offset = align_up(self._end, spec.CHUNK_ALIGNMENT)
+        offset = spec.align_up(self._end, spec.CHUNK_ALIGNMENT)
         nbytes, summed = 0, 0
         for part in parts:
             file.pwrite_all(part, offset + nbytes)

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from wstream import errors as E
-from wstream.format import codecs
+from wstream.format import codecs, strictjson
 from wstream.format.crc import crc32
 from wstream.format.manifest import FileEntry
 
@@ -48,29 +48,17 @@ def decode_file(entry: FileEntry, stored: Buffer, *, verify: bool = True) -> byt
 
 
 # --- strict JSON ----------------------------------------------------------------------------------
-# RFC 8259 and nothing more, as the manifest (SPEC.md 4.1): Python's json would otherwise accept
-# NaN and Infinity, keep the last of two equal member names silently, and read a lone surrogate
-# escape as a string that is not text. Each is a file that another reader (transformers, the
-# tokenizers crate) reads differently, or not at all.
+# RFC 8259 and nothing more, as the manifest (SPEC.md 4.1), through the shared hooks of
+# :mod:`wstream.format.strictjson`: Python's json would otherwise accept NaN and Infinity, keep
+# the last of two equal member names silently, and read a lone surrogate escape as a string that
+# is not text. Each is a file that another reader (transformers, the tokenizers crate) reads
+# differently, or not at all.
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def parse_json(data: Buffer, where: str, error: type[E.WStreamError]) -> Any:
     """``data`` as one strict JSON value; any departure raises ``error`` naming ``where``."""
-
-    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out = dict(pairs)
-        if len(out) != len(pairs):
-            seen: set[str] = set()
-            for key, _ in pairs:
-                if key in seen:
-                    raise error(f"{where}: member name {key[:60]!r} appears twice in one object")
-                seen.add(key)
-        return out
-
-    def constant(name: str) -> Any:
-        raise error(f"{where}: {name} is not JSON (strict JSON only)")
 
     def number(literal: str) -> float:
         value = float(literal)
@@ -84,7 +72,14 @@ def parse_json(data: Buffer, where: str, error: type[E.WStreamError]) -> Any:
         raise error(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
     try:
         doc = json.loads(
-            text, object_pairs_hook=unique, parse_constant=constant, parse_float=number
+            text,
+            object_pairs_hook=strictjson.unique_keys(
+                lambda key: error(f"{where}: member name {key[:60]!r} appears twice in one object")
+            ),
+            parse_constant=strictjson.no_constants(
+                lambda name: error(f"{where}: {name} is not JSON (strict JSON only)")
+            ),
+            parse_float=number,
         )
     except RecursionError:
         raise error(f"{where}: JSON nested too deeply") from None
@@ -92,9 +87,6 @@ def parse_json(data: Buffer, where: str, error: type[E.WStreamError]) -> Any:
         if isinstance(exc, E.WStreamError):
             raise
         raise error(f"{where}: not valid JSON ({exc})") from None
-    if _SURROGATE_ESCAPE.search(text) is not None:
-        try:
-            json.dumps(doc, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise error(f"{where}: a string holds an unpaired surrogate (not text)") from None
+    if _SURROGATE_ESCAPE.search(text) is not None and strictjson.first_non_text(doc) is not None:
+        raise error(f"{where}: a string holds an unpaired surrogate (not text)")
     return doc

@@ -11,15 +11,15 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from wstream import errors as E
-from wstream.format import spec
+from wstream.format import spec, strictjson
 from wstream.format.crc import crc32
+from wstream.format.quant import n_groups
 from wstream.format.spec import CodecId, DType, QuantScheme
 
 # Immutable values are NamedTuples rather than frozen dataclasses: `wstream info` imports this
@@ -28,6 +28,13 @@ from wstream.format.spec import CodecId, DType, QuantScheme
 # whole process). The same contract: typed fields, immutable, compared by value.
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def stage_of(group: str) -> str:
+    """The stage a group (or a chunk of it) belongs to: its first dot-separated component
+    (group names are ``<stage>.<part>``, e.g. ``vision.layer.3``)."""
+    return group.split(".", 1)[0]
+
 
 # --- values --------------------------------------------------------------------------------------
 
@@ -100,7 +107,7 @@ class TensorEntry(NamedTuple):
         if self.quant is None:
             return (0, 0)
         rows, cols = self.piece_shape
-        return (rows, -(-cols // self.quant.group))
+        return (rows, n_groups(cols, self.quant.group))
 
     @property
     def scales_nbytes(self) -> int:
@@ -132,7 +139,7 @@ class ChunkEntry(NamedTuple):
 
     @property
     def stage(self) -> str:
-        return self.group.split(".", 1)[0]
+        return stage_of(self.group)
 
     @property
     def is_raw(self) -> bool:
@@ -277,12 +284,13 @@ def parse_preamble(data: bytes, file_size: int) -> Preamble:
 # --- manifest ------------------------------------------------------------------------------------
 
 
-def read_manifest(fd: int, file_size: int) -> tuple[Preamble, Manifest]:
-    """Read and validate the preamble and manifest of an open file: two ``pread`` calls, no
-    chunk byte touched (what ``wstream info`` costs, whatever the model's size)."""
-    head = os.pread(fd, spec.PREAMBLE_NBYTES, 0)
+def read_manifest(read: Callable[[int, int], bytes], file_size: int) -> tuple[Preamble, Manifest]:
+    """Read and validate the preamble and manifest of a container of ``file_size`` bytes, where
+    ``read(offset, nbytes)`` returns exactly those bytes: two reads, no chunk byte touched (what
+    ``wstream info`` costs, whatever the model's size). The format layer does no I/O itself."""
+    head = read(0, min(spec.PREAMBLE_NBYTES, file_size))
     preamble = parse_preamble(head, file_size)
-    body = os.pread(fd, preamble.manifest_nbytes, preamble.manifest_offset)
+    body = read(preamble.manifest_offset, preamble.manifest_nbytes)
     if len(body) != preamble.manifest_nbytes:
         raise E.TruncatedFile(
             f"manifest: expected {preamble.manifest_nbytes} bytes at offset "
@@ -296,19 +304,12 @@ def read_manifest(fd: int, file_size: int) -> tuple[Preamble, Manifest]:
     return preamble, parse_manifest(body, data_end=preamble.manifest_offset)
 
 
-def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs):  # rare: find the culprit only then
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise E.ManifestSyntaxError(f"manifest: duplicate key {k!r}")
-            seen.add(k)
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise E.ManifestSyntaxError(f"manifest: {name} is not allowed (strict JSON only)")
+_reject_duplicate_keys = strictjson.unique_keys(
+    lambda k: E.ManifestSyntaxError(f"manifest: duplicate key {k!r}")
+)
+_reject_constant = strictjson.no_constants(
+    lambda name: E.ManifestSyntaxError(f"manifest: {name} is not allowed (strict JSON only)")
+)
 
 
 def _reject_overflow(literal: str) -> float:
@@ -316,14 +317,6 @@ def _reject_overflow(literal: str) -> float:
     if math.isinf(value):
         raise E.ManifestSyntaxError(f"manifest: number {literal[:40]!r} overflows binary64")
     return value
-
-
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:  # a \u escape of an unpaired surrogate
-        return False
-    return True
 
 
 # A lone surrogate can only enter through a \uD800-\uDFFF escape (UTF-8 cannot encode one), so
@@ -346,22 +339,9 @@ def _check_depth(value: Any, depth: int = 1) -> None:
 
 def _check_text(doc: Any) -> None:
     """Every string and member name must be text (no unpaired surrogate)."""
-    stack: list[Any] = [doc]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            bad = next((k for k in node if not _is_text(k)), None)
-            if bad is None:
-                stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-            bad = None
-        else:
-            bad = node if isinstance(node, str) and not _is_text(node) else None
-        if bad is not None:
-            raise E.ManifestSchemaError(
-                f"manifest: string {bad[:40]!r} contains an unpaired surrogate"
-            )
+    bad = strictjson.first_non_text(doc)
+    if bad is not None:
+        raise E.ManifestSchemaError(f"manifest: string {bad[:40]!r} contains an unpaired surrogate")
 
 
 def _decode_json(data: bytes) -> Any:

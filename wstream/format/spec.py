@@ -49,6 +49,12 @@ DEFAULT_MAX_CHUNK = 32 * 1024 * 1024  # pack's default bound on a chunk's decode
 MIN_MAX_CHUNK = 64 * 1024
 
 
+def align_up(n: int, alignment: int) -> int:
+    """The smallest multiple of ``alignment`` that is >= ``n`` (chunk and tensor offsets, slab
+    sizes, page spans: every rounding in wstream)."""
+    return -(-n // alignment) * alignment
+
+
 class DType(enum.StrEnum):
     """Tensor element types; the on-disk ids are the strings safetensors uses."""
 

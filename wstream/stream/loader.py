@@ -16,24 +16,21 @@ resident bytes up to the size of one chunk; the bytes still streamed per pass ar
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from wstream.container.reader import Container, dequantize_into, piece_views
+from wstream.container.reader import Container
+from wstream.container.source import ByteSource
+from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry
 from wstream.stream.pieces import Piece
-from wstream.stream.plan import WIDEN_MODES, Plan, Widen, plan_chunk
+from wstream.stream.plan import DEFAULT_WIDEN, LoadPlan, Widen, plan_load
 from wstream.stream.pool import SlabPool
 from wstream.stream.stream import ChunkStream, Resident, StreamChunk, StreamStats
-
-
-def widen(array: np.ndarray) -> np.ndarray:
-    """float32 copy of a floating-point array (exact for bf16/f16); other dtypes unchanged."""
-    if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
-        return array.astype(np.float32)
-    return array
+from wstream.stream.worker import StoredReader
 
 
 class ContainerIndex:
@@ -78,13 +75,13 @@ class EagerWeights(ContainerIndex):
         for chunk in container.manifest.chunks:
             data = container.decode(chunk, verify=verify)
             arrays = []
-            for t, a in zip(chunk.tensors, piece_views(chunk, data)):
+            for t, a in zip(chunk.tensors, wchunk.piece_views(chunk, data)):
                 if t.quant is not None:
                     values = np.empty(t.piece_shape, np.float32)
-                    dequantize_into(t, data, values)
+                    wchunk.convert_piece(t, data, a, values)
                     arrays.append(values)
                 else:
-                    arrays.append(widen(a))
+                    arrays.append(wchunk.float32_copy(a))
             self._arrays[chunk.name] = arrays
         self.stats = StreamStats(
             bytes_read=sum(c.nbytes for c in container.manifest.chunks),
@@ -111,12 +108,12 @@ class StreamingLoader(ContainerIndex):
     ...         with chunk: use(chunk.arrays())
 
     ``budget`` bounds every byte the loader holds (slabs, idle or leased, and mapped pages of
-    chunks in use); None keeps every chunk once loaded. ``widen`` says what the consumer gets:
-    ``"float32"`` (or True) every float widened by the workers; ``"stored"`` (or False) the
-    stored dtype, raw chunks zero-copy; ``"dequantize"`` only quantized pieces widened, the rest
-    as stored, which is what the forward wants: it widens bf16 piece by piece while the piece is
-    in cache, so float32 weights never travel through memory. ``verify`` checks each chunk's
-    CRC-32 as it is read.
+    chunks in use); None keeps every chunk once loaded. ``widen`` (a :class:`Widen`) says what
+    the consumer gets: ``STORED`` (the default) the stored dtype, raw chunks of a local file
+    zero-copy; ``FLOAT32`` every float widened by the workers; ``DEQUANTIZE`` only quantized
+    pieces widened, the rest as stored, which is what the forward wants: it widens bf16 piece by
+    piece while the piece is in cache, so float32 weights never travel through memory.
+    ``verify`` checks each chunk's CRC-32 as it is read.
     """
 
     def __init__(
@@ -126,11 +123,9 @@ class StreamingLoader(ContainerIndex):
         budget: int | None = None,
         prefetch: int = 2,
         workers: int = 2,
-        widen: bool | str = True,
+        widen: Widen | str = DEFAULT_WIDEN,
         verify: bool = True,
         timeout: float = 60.0,
-        poison: bool = False,
-        stored: Callable[[ChunkEntry], memoryview] | None = None,
     ) -> None:
         super().__init__(container)
         if prefetch < 0:
@@ -138,31 +133,39 @@ class StreamingLoader(ContainerIndex):
         self.budget = budget
         self.prefetch = prefetch
         self.workers = workers
-        if isinstance(widen, bool):
-            widen = "float32" if widen else "stored"
-        if widen not in WIDEN_MODES:
-            raise ValueError(f"widen: {widen!r} is not one of {WIDEN_MODES} (or a bool)")
-        self.widen: Widen = widen  # type: ignore[assignment]
+        self.widen = Widen.parse(widen)
         self.verify = verify
-        self.pool = SlabPool(budget, timeout=timeout, poison=poison)
+        self.pool = self._make_pool(budget, timeout)
         self.stats = StreamStats()  # all streams, summed
         self.history: list[StreamStats] = []  # each stream's own, in the order they closed
         self.resident: Resident = {}
         self.resident_bytes = 0
-        self._stored = stored  # fault-injection hook: how a worker gets a chunk's stored bytes
         self._warm: tuple[list[str], ChunkStream] | None = None
-        self._plans: dict[str, Plan] = {}
+        self._plans: dict[str, LoadPlan] = {}
+        self._mapped_source = container.mapping() is not None
 
-    def plan(self, name: str) -> Plan:
+    # --- the testing seam: wstream.stream.testing.InstrumentedLoader overrides these ----------
+
+    def _make_pool(self, budget: int | None, timeout: float) -> SlabPool:
+        return SlabPool(budget, timeout=timeout)
+
+    def _stored_reader(self) -> StoredReader | None:
+        """How workers get a chunk's stored bytes; None: from the container (the only way
+        outside tests)."""
+        return None
+
+    # --- plans ------------------------------------------------------------------------------
+
+    def plan(self, name: str) -> LoadPlan:
         plan = self._plans.get(name)
         if plan is None:
-            plan = self._plans[name] = plan_chunk(self.entry(name), self.widen)
+            plan = plan_load(self.entry(name), self.widen, mapped_source=self._mapped_source)
+            self._plans[name] = plan
         return plan
 
     def chunk_cost(self, name: str) -> int:
         """Bytes the budget must hold while this chunk is loaded (transients included)."""
-        p = self.plan(name)
-        return SlabPool.cost(*p.sizes, mapped=p.mapped)
+        return self.plan(name).cost
 
     def min_budget(self, chunks: Sequence[str]) -> int:
         """The smallest budget that can stream ``chunks`` (one at a time, no prefetch)."""
@@ -214,7 +217,7 @@ class StreamingLoader(ContainerIndex):
             verify=self.verify,
             resident=self.resident,
             keep=self._keeper(order, repeat),
-            stored=self._stored,
+            stored=self._stored_reader(),
             on_close=self._closed_stream,
             eager_start=warm,  # a warm-up has nobody waiting: fill the whole window at once
         )
@@ -252,3 +255,42 @@ class StreamingLoader(ContainerIndex):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class StreamingContainer(Container):
+    """A :class:`~wstream.container.reader.Container` that also streams its chunks: what
+    ``wstream.open_container`` returns. (The container layer knows nothing of streaming; this
+    layer adds it, so the reader never imports the loader.)"""
+
+    def stream(
+        self,
+        order: Sequence[str] | None = None,
+        *,
+        prefetch: int = 2,
+        budget: int | None = None,
+        workers: int = 2,
+        verify: bool = True,
+        widen: Widen | str = DEFAULT_WIDEN,
+    ) -> Iterator[StreamChunk]:
+        """Chunks in ``order`` (default: file order), ``prefetch`` decoded ahead on worker
+        threads, under ``budget`` bytes. Each chunk is a context manager; leave it (or call
+        ``release()``) when done with its arrays.
+
+        >>> for chunk in c.stream(prefetch=2, budget=64 << 20):   # doctest: +SKIP
+        ...     with chunk:
+        ...         use(chunk.tensors)
+        """
+        names = [ch.name for ch in self.manifest.chunks] if order is None else list(order)
+        loader = StreamingLoader(
+            self, budget=budget, prefetch=prefetch, workers=workers, widen=widen, verify=verify
+        )
+        try:
+            yield from loader.stream(names)
+        finally:
+            loader.close()
+
+
+def open_container(source: str | os.PathLike[str] | ByteSource) -> StreamingContainer:
+    """Open and validate a container (reads the preamble and manifest only): a path, or any
+    :class:`~wstream.container.source.ByteSource`."""
+    return StreamingContainer(source)

@@ -1,93 +1,128 @@
 """How one chunk is brought into memory: its load plan, decided from the manifest alone.
 
 A :class:`LoadPlan` says whether a chunk is served zero-copy from the source's map, which slabs
-it needs (the bytes handed out, and a transient for decoded bytes that are converted), where
-each piece lands and in which dtype, and so what the chunk charges the budget while in use.
+it needs (the bytes handed out, a transient for decoded bytes that are converted, and, for a
+source without a map, the stored bytes read into memory), where each piece lands and in which
+dtype, and so what the chunk charges the budget while in use.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import mmap
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
+from wstream.errors import InputError
+from wstream.format.chunk import widens
 from wstream.format.manifest import ChunkEntry, TensorEntry
-from wstream.format.spec import TENSOR_ALIGNMENT
+from wstream.format.spec import TENSOR_ALIGNMENT, align_up
 from wstream.stream.pool import SlabPool
 
 PAGE = mmap.PAGESIZE
 
 
+class Widen(enum.StrEnum):
+    """What a consumer gets for each piece of a chunk.
+
+    - ``STORED``: the declared dtype (a quantized piece dequantized, then rounded into it); raw
+      chunks of a local file zero-copy. What the file holds, converted only where it must be.
+    - ``FLOAT32``: every float widened to float32 by the workers, quantized pieces dequantized.
+    - ``DEQUANTIZE``: quantized pieces as float32, every other piece as stored (zero-copy for raw
+      chunks): what the forward wants, since it widens bf16 piece by piece while it is in cache.
+    """
+
+    STORED = "stored"
+    FLOAT32 = "float32"
+    DEQUANTIZE = "dequantize"
+
+    @classmethod
+    def parse(cls, value: Widen | str) -> Widen:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(repr(str(w)) for w in cls)
+            raise InputError(f"widen: {value!r} is not one of {allowed}") from None
+
+
+DEFAULT_WIDEN = Widen.STORED  # the one default of every API that takes a widen mode
+
+
 def page_span(chunk: ChunkEntry) -> tuple[int, int]:
+    """(start, length) of the whole pages that hold a chunk's stored bytes."""
     start = chunk.offset - chunk.offset % PAGE
     end = chunk.offset + chunk.nbytes
-    return start, -(-end // PAGE) * PAGE - start
+    return start, align_up(end, PAGE) - start
 
 
-def _widens(dtype: np.dtype) -> bool:
-    return (dtype.kind == "f" and dtype != np.float32) or dtype.name == "bfloat16"
-
-
-Widen = Literal["float32", "stored", "dequantize"]
-WIDEN_MODES: tuple[str, ...] = ("float32", "stored", "dequantize")
-
-
-def _out_dtype(t: TensorEntry, widen: Widen) -> np.dtype:
-    """What the consumer gets for a piece. ``float32``: every float widened, quantized values
-    dequantized to float32; ``stored``: the declared dtype (quantized values dequantized into
-    it); ``dequantize``: quantized values as float32, every other piece as stored (zero-copy for
-    raw chunks: the forward widens them piece by piece, in cache)."""
+def out_dtype(t: TensorEntry, widen: Widen) -> np.dtype:
+    """The dtype a consumer gets for a piece under ``widen`` (see :class:`Widen`)."""
     logical = t.dtype.numpy
     if t.quant is not None:
-        return np.dtype(np.float32) if widen != "stored" else logical
-    if widen == "float32" and _widens(logical):
+        return np.dtype(np.float32) if widen is not Widen.STORED else logical
+    if widen is Widen.FLOAT32 and widens(logical):
         return np.dtype(np.float32)
     return logical
 
 
 @dataclass(frozen=True, slots=True)
-class Plan:
-    """How one chunk is brought into memory, and what it charges the pool while in use."""
+class LoadPlan:
+    """How one chunk is brought into memory, and what it charges the pool while in use.
+
+    Slabs: 0 holds what the consumer gets (decoded or converted bytes; none if zero-copy), 1 the
+    decoded stored bytes when they are converted into slab 0 (returned early), 2 the stored bytes
+    read from a source without a map (returned early, once decoded)."""
 
     chunk: ChunkEntry
-    zero_copy: bool  # raw and nothing to convert: views of the file mapping
-    out_nbytes: int  # slab 0: decoded (or converted) bytes handed to the consumer; 0 if zero-copy
-    temp_nbytes: int  # slab 1: decoded stored bytes, converted then returned early
+    zero_copy: bool  # raw, nothing to convert, mapped source: views of the mapping
+    mapped_source: bool  # the source has a map: stored bytes are read through it
+    out_nbytes: int  # slab 0
+    temp_nbytes: int  # slab 1
+    read_nbytes: int  # slab 2
     out_offsets: tuple[int, ...]  # per piece, where its array starts in slab 0
     out_dtypes: tuple[np.dtype, ...]  # per piece, the dtype handed out
 
     @property
     def converts(self) -> bool:
         """Pieces are converted (widened or dequantized) into slab 0."""
-        return self.temp_nbytes > 0 or (self.chunk.is_raw and not self.zero_copy)
+        return any(
+            t.quant is not None or d != t.dtype.numpy
+            for t, d in zip(self.chunk.tensors, self.out_dtypes)
+        )
 
     @property
     def sizes(self) -> tuple[int, ...]:
-        return (self.out_nbytes, self.temp_nbytes) if self.temp_nbytes else (self.out_nbytes,)
+        sizes = (self.out_nbytes, self.temp_nbytes, self.read_nbytes)
+        n = len(sizes)
+        while n > 1 and sizes[n - 1] == 0:
+            n -= 1
+        return sizes[:n]
 
     @property
     def mapped(self) -> int:
-        return page_span(self.chunk)[1] if self.chunk.nbytes else 0
+        """Bytes of the source's map this chunk charges while its stored bytes are in use."""
+        return page_span(self.chunk)[1] if self.chunk.nbytes and self.mapped_source else 0
 
     @property
-    def resident_cost(self) -> int:
-        """What stays charged if the chunk is kept resident (transients excluded)."""
-        return SlabPool.cost(self.out_nbytes) if not self.zero_copy else self.mapped
+    def cost(self) -> int:
+        """Bytes the budget must hold while this chunk is loaded (transients included)."""
+        return SlabPool.cost(*self.sizes, mapped=self.mapped)
 
 
-def plan_chunk(chunk: ChunkEntry, widen: Widen) -> Plan:
-    dtypes = tuple(_out_dtype(t, widen) for t in chunk.tensors)
-    same = tuple(t.offset for t in chunk.tensors)
+def plan_load(chunk: ChunkEntry, widen: Widen, *, mapped_source: bool = True) -> LoadPlan:
+    """The plan for bringing ``chunk`` in under ``widen``, from a source with a map or not."""
+    dtypes = tuple(out_dtype(t, widen) for t in chunk.tensors)
+    read = 0 if mapped_source or chunk.is_raw else chunk.nbytes
     if all(t.quant is None and d == t.dtype.numpy for t, d in zip(chunk.tensors, dtypes)):
-        if chunk.is_raw:
-            return Plan(chunk, True, 0, 0, same, dtypes)
-        return Plan(chunk, False, chunk.raw_nbytes, 0, same, dtypes)
+        same = tuple(t.offset for t in chunk.tensors)
+        if chunk.is_raw and mapped_source:
+            return LoadPlan(chunk, True, True, 0, 0, 0, same, dtypes)
+        return LoadPlan(chunk, False, mapped_source, chunk.raw_nbytes, 0, read, same, dtypes)
     offsets, end = [], 0
     for t, d in zip(chunk.tensors, dtypes):
         offsets.append(end)
-        end += -(-(math.prod(t.piece_shape) * d.itemsize) // TENSOR_ALIGNMENT) * TENSOR_ALIGNMENT
-    temp = 0 if chunk.is_raw else chunk.raw_nbytes
-    return Plan(chunk, False, end, temp, tuple(offsets), dtypes)
+        end += align_up(math.prod(t.piece_shape) * d.itemsize, TENSOR_ALIGNMENT)
+    temp = 0 if chunk.is_raw and mapped_source else chunk.raw_nbytes
+    return LoadPlan(chunk, False, mapped_source, end, temp, read, tuple(offsets), dtypes)

@@ -25,10 +25,9 @@ import numpy as np
 
 from wstream import errors as E
 from wstream.container.reader import Container
-from wstream.format.manifest import ChunkEntry
-from wstream.stream.plan import Plan, page_span
+from wstream.stream.plan import LoadPlan
 from wstream.stream.pool import Lease, SlabPool
-from wstream.stream.worker import Loaded, load_chunk
+from wstream.stream.worker import Loaded, StoredReader, load_chunk
 
 
 @dataclass
@@ -111,11 +110,11 @@ class ChunkStream(Iterator[StreamChunk]):
         *,
         prefetch: int,
         workers: int,
-        planner: Callable[[str], Plan],
+        planner: Callable[[str], LoadPlan],
         verify: bool,
         resident: Resident,
         keep: Callable[[int], bool],
-        stored: Callable[[ChunkEntry], memoryview] | None = None,
+        stored: StoredReader | None = None,
         on_close: Callable[[StreamStats], None] | None = None,
         eager_start: bool = False,
     ) -> None:
@@ -123,7 +122,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self.container = container
         self.pool = pool
         self.order = list(order)
-        self._planner = planner  # name -> Plan, cached by the loader: planned when submitted
+        self._planner = planner  # name -> LoadPlan, cached by the loader: planned when submitted
         self.prefetch = prefetch
         self.verify = verify
         self.stats = StreamStats()
@@ -175,10 +174,9 @@ class ChunkStream(Iterator[StreamChunk]):
         if self.pool.capacity is None:
             return
         for plan in map(self._planner, order):
-            cost = SlabPool.cost(*plan.sizes, mapped=plan.mapped)
-            if cost > self.pool.capacity:
+            if plan.cost > self.pool.capacity:
                 raise E.BudgetTooSmall(
-                    f"budget: chunk {plan.chunk.name!r} needs {cost} bytes "
+                    f"budget: chunk {plan.chunk.name!r} needs {plan.cost} bytes "
                     f"but the budget is {self.pool.capacity} bytes"
                 )
 
@@ -214,7 +212,7 @@ class ChunkStream(Iterator[StreamChunk]):
                 # Only the consumer could free the room, and it is waiting on us.
                 raise E.BudgetTooSmall(
                     f"budget: chunk {plan.chunk.name!r} needs "
-                    f"{SlabPool.cost(*plan.sizes, mapped=plan.mapped)} bytes, but the budget is "
+                    f"{plan.cost} bytes, but the budget is "
                     f"taken by chunks the consumer still holds "
                     f"({', '.join(repr(h.name) for h in self._held.values())}); release each "
                     "chunk before asking for the next, or raise the budget"
@@ -224,8 +222,7 @@ class ChunkStream(Iterator[StreamChunk]):
             if lease is None:
                 return
             if plan.mapped:
-                start, length = page_span(plan.chunk)
-                self.container.mmap().madvise(mmap.MADV_WILLNEED, start, length)
+                self.container.advise(plan.chunk, mmap.MADV_WILLNEED)
             assert self._executor is not None
             self._leases[i] = lease
             self._futures[i] = self._executor.submit(

@@ -1,8 +1,9 @@
 """The worker's job: read (and check), decode and convert one chunk into its pooled lease.
 
-Runs on a prefetch thread. A chunk needing no conversion from a local map is handed out as views
-of the map (zero copy); its pages are mapped in here when no CRC pass touched them, so the
-consumer neither faults nor waits on disk.
+Runs on a prefetch thread. A chunk needing no conversion from a mapped source is handed out as
+views of the map (zero copy); its pages are mapped in here when no CRC pass touched them, so the
+consumer neither faults nor waits on disk. From a source without a map the stored bytes are
+read into a slab of the lease first.
 """
 
 from __future__ import annotations
@@ -16,17 +17,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wstream import errors as E
-from wstream.container.reader import Container, dequantize_into, piece_views
-from wstream.format import codecs
-from wstream.format.crc import crc32
+from wstream.container.reader import Container
+from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry
-from wstream.stream.plan import PAGE, Plan, page_span
+from wstream.stream.plan import PAGE, LoadPlan, page_span
 from wstream.stream.pool import Lease, SlabPool
 
 # Linux >= 5.14: fill a range's page tables, reading what is not cached, without copying.
 # Python 3.11's mmap module does not name it; elsewhere the number may mean something else.
 _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
+
+StoredReader = Callable[[ChunkEntry], memoryview]  # a chunk's stored bytes (the testing seam)
 
 
 def _prefault(container: Container, chunk: ChunkEntry, src: memoryview) -> None:
@@ -34,10 +35,11 @@ def _prefault(container: Container, chunk: ChunkEntry, src: memoryview) -> None:
     consumer's first touches neither fault nor wait for I/O. Without this, an unverified raw
     chunk cost its consumer ~13% more time in the matmuls that first read it (decoder prefill,
     2-core BLAS). A verified chunk needs nothing: the CRC has touched every page."""
-    if _MADV_POPULATE_READ is not None:
+    mapped = container.mapping()
+    if _MADV_POPULATE_READ is not None and mapped is not None:
         start, length = page_span(chunk)
         try:
-            container.mmap().madvise(_MADV_POPULATE_READ, start, length)
+            mapped.madvise(_MADV_POPULATE_READ, start, length)
             return
         except (OSError, ValueError):  # an older kernel: EINVAL
             pass
@@ -50,50 +52,60 @@ def _prefault(container: Container, chunk: ChunkEntry, src: memoryview) -> None:
 class Loaded:
     """A chunk in hand (the result of a worker), with what it cost to get it."""
 
-    plan: Plan
+    plan: LoadPlan
     lease: Lease
     arrays: list[np.ndarray]
     read_seconds: float = 0.0
     decode_seconds: float = 0.0
 
 
+def _read_stored(container: Container, plan: LoadPlan, lease: Lease) -> memoryview:
+    """The chunk's stored bytes: a view of the map, or read into the lease's slab for them
+    (slab 2 for compressed chunks; for raw ones, straight into the slab they are decoded into)."""
+    if plan.mapped_source:
+        return container.stored(plan.chunk)
+    if plan.read_nbytes:
+        slab = lease.array(2)
+    else:
+        slab = lease.array(1) if plan.temp_nbytes else lease.array(0)
+    view = slab.data[: plan.chunk.nbytes]
+    container.read_stored_into(plan.chunk, view)
+    return view
+
+
 def load_chunk(
     container: Container,
-    plan: Plan,
+    plan: LoadPlan,
     lease: Lease,
     pool: SlabPool,
     *,
     verify: bool,
-    stored: Callable[[ChunkEntry], memoryview] | None = None,
+    stored: StoredReader | None = None,
     helper: Executor | None = None,
 ) -> Loaded:
-    """The worker's job: read (and check), decode and convert one chunk into its lease.
+    """Read (and check), decode and convert one chunk into its lease.
 
-    ``helper`` (a thread that never waits on anything) decodes half of a multi-frame chunk."""
+    ``stored`` replaces how the stored bytes are got (fault injection in tests); ``helper`` (a
+    thread that never waits on anything) decodes half of a multi-frame chunk."""
     chunk = plan.chunk
     t0 = time.perf_counter()
-    src = (stored or container.stored)(chunk)
+    src = stored(chunk) if stored is not None else _read_stored(container, plan, lease)
     if verify:
-        crc = crc32(src)
-        if crc != chunk.crc32:
-            raise E.ChunkChecksumMismatch(
-                f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"
-            )
+        wchunk.check_crc(chunk, src)
     elif plan.zero_copy:
         _prefault(container, chunk, src)
     t1 = time.perf_counter()
     if plan.zero_copy:
-        data = np.frombuffer(src, np.uint8)
-        return Loaded(plan, lease, piece_views(chunk, data), t1 - t0, 0.0)
+        return Loaded(plan, lease, wchunk.piece_views(chunk, src), t1 - t0, 0.0)
     if chunk.is_raw:
         decoded = np.frombuffer(src, np.uint8)
     else:
         decoded = lease.array(1) if plan.temp_nbytes else lease.array(0)
-        try:
-            codecs.decode_into(chunk.codec, src, decoded.data, executor=helper)
-        except E.FormatError as exc:
-            raise type(exc)(f"chunk {chunk.name!r}: {exc}") from None
-    stored_arrays = piece_views(chunk, decoded)
+        wchunk.decode_into(chunk, src, decoded.data, executor=helper)
+        if plan.read_nbytes:
+            src.release()
+            pool.return_early(lease, slab=2)
+    stored_arrays = wchunk.piece_views(chunk, decoded)
     if plan.converts:
         out = lease.array(0)
         arrays = []
@@ -101,14 +113,7 @@ def load_chunk(
             chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes
         ):
             dst = out[off : off + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
-            if t.quant is None:
-                np.copyto(dst, a, casting="unsafe")  # exact: every bf16/f16 value is a float32
-            elif dtype == np.float32:
-                dequantize_into(t, decoded, dst)
-            else:  # dequantize, then round to the declared dtype (stream without widening)
-                values = np.empty(a.shape, np.float32)
-                dequantize_into(t, decoded, values)
-                np.copyto(dst, values, casting="unsafe")
+            wchunk.convert_piece(t, decoded, a, dst)
             arrays.append(dst)
         if plan.temp_nbytes:
             pool.return_early(lease, slab=1)

@@ -1,0 +1,91 @@
+"""One chunk's bytes: check them, decode them, find each piece in them and convert it.
+
+The single copy of each rule every reader of a chunk follows (the container's reader, the
+streaming worker, the eager baseline and unpack): the stored bytes' CRC-32, a codec error re-raised
+naming the chunk, where a piece's values (and an INT8 piece's scales) lie in the decoded bytes,
+and how a piece becomes the array its consumer asked for.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+import numpy as np
+
+from wstream import errors as E
+from wstream.format import codecs
+from wstream.format.crc import crc32
+from wstream.format.manifest import ChunkEntry, TensorEntry
+from wstream.format.quant import dequantize_int8
+
+Buffer = bytes | bytearray | memoryview
+
+
+def check_crc(chunk: ChunkEntry, stored: Buffer) -> None:
+    """Raise :class:`~wstream.errors.ChunkChecksumMismatch` unless ``stored`` matches the CRC."""
+    crc = crc32(stored)
+    if crc != chunk.crc32:
+        raise E.ChunkChecksumMismatch(
+            f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"
+        )
+
+
+def decode_into(
+    chunk: ChunkEntry, stored: Buffer, out: memoryview, *, executor: Executor | None = None
+) -> None:
+    """Decode a chunk's ``stored`` bytes into ``out`` (exactly raw_nbytes long); a codec's
+    :class:`~wstream.errors.FormatError` is re-raised, same class, naming the chunk."""
+    try:
+        codecs.decode_into(chunk.codec, stored, out, executor=executor)
+    except E.FormatError as exc:
+        raise type(exc)(f"chunk {chunk.name!r}: {exc}") from None
+
+
+def widens(dtype: np.dtype) -> bool:
+    """A floating-point dtype other than float32 (bf16, f16, f64): widened before use."""
+    return dtype != np.float32 and (dtype.kind == "f" or dtype.name == "bfloat16")
+
+
+def float32_copy(array: np.ndarray) -> np.ndarray:
+    """A float32 copy of a floating-point array (exact for bf16/f16); other dtypes unchanged."""
+    if array.dtype.kind == "f" or array.dtype.name == "bfloat16":
+        return array.astype(np.float32)
+    return array
+
+
+def piece_views_of(entry: TensorEntry, raw: np.ndarray) -> np.ndarray:
+    """A view of one piece's stored values in decoded chunk ``raw`` (int8 when quantized)."""
+    dtype = np.dtype(np.int8) if entry.quant is not None else entry.dtype.numpy
+    return raw[entry.offset : entry.offset + entry.nbytes].view(dtype).reshape(entry.piece_shape)
+
+
+def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndarray]:
+    """numpy views of each tensor piece's stored values in a decoded chunk, in manifest order
+    (the int8 values of a quantized piece: see :func:`dequantize_into`)."""
+    raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
+    return [piece_views_of(t, raw) for t in chunk.tensors]
+
+
+def dequantize_into(entry: TensorEntry, raw: np.ndarray, out: np.ndarray) -> None:
+    """The float32 values [piece_shape] of a quantized piece of decoded chunk ``raw``."""
+    assert entry.quant is not None
+    q = piece_views_of(entry, raw)
+    at = entry.quant.scales
+    scales = raw[at : at + entry.scales_nbytes].view(np.float32).reshape(entry.scales_shape)
+    dequantize_int8(q, scales, entry.quant.group, out)
+
+
+def convert_piece(entry: TensorEntry, raw: np.ndarray, stored: np.ndarray, dst: np.ndarray) -> None:
+    """``dst`` (the piece's shape, float32 or the declared dtype) = piece ``entry`` of decoded
+    chunk ``raw``, whose stored values are ``stored`` (from :func:`piece_views`).
+
+    A stored float is cast (exact when widening: every bf16/f16 value is a float32); a quantized
+    piece is dequantized to float32, then rounded to ``dst``'s dtype (RNE) if that is not it."""
+    if entry.quant is None:
+        np.copyto(dst, stored, casting="unsafe")
+    elif dst.dtype == np.float32:
+        dequantize_into(entry, raw, dst)
+    else:
+        values = np.empty(entry.piece_shape, np.float32)
+        dequantize_into(entry, raw, values)
+        np.copyto(dst, values, casting="unsafe")
