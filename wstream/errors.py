@@ -104,15 +104,15 @@ class GroupLayoutError(FormatError):
 
 
 class ChunkChecksumMismatch(FormatError):
-    """A chunk's stored bytes do not match its CRC-32."""
+    """A chunk's (or an embedded file's) stored bytes do not match its CRC-32."""
 
 
 class DecodedSizeMismatch(FormatError):
-    """A chunk decodes to a different number of bytes than its declared raw_nbytes."""
+    """A chunk (or an embedded file) decodes to another number of bytes than its raw_nbytes."""
 
 
 class CorruptChunk(FormatError):
-    """A chunk's codec rejected its bytes."""
+    """A chunk's (or an embedded file's) codec rejected its bytes."""
 
 
 # --- everything else -----------------------------------------------------------------------------
