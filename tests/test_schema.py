@@ -242,6 +242,7 @@ def test_spec_md_tables_match_spec_py() -> None:
         "MAX_PIECES_PER_CHUNK", "MAX_NAME_BYTES", "MAX_NDIM", "MAX_CHUNK_RAW_NBYTES",
         "MAX_TENSOR_NBYTES", "MAX_METADATA_ENTRIES", "MAX_PIPELINE_STEPS", "MAX_FRAMES_PER_CHUNK",
         "MAX_QUANT_GROUP", "MIN_ZSTD_LEVEL", "MAX_ZSTD_LEVEL", "MIN_MAX_CHUNK", "DEFAULT_MAX_CHUNK",
+        "MAX_FILES", "MAX_FILE_NBYTES",
     }  # fmt: skip
     assert set(const_rows) == expected
     assert const_rows == {name: getattr(spec, name) for name in expected}
@@ -438,4 +439,4 @@ def test_spec_example_is_a_valid_preamble_and_manifest() -> None:
     preamble = parse_preamble(head, m_off + m_len)
     manifest = parse_manifest(body, data_end=preamble.manifest_offset)
     VALIDATOR.validate(doc)
-    assert manifest.groups() == ["model.other", "model.layers.0"]
+    assert manifest.groups() == ["model.embed", "model.layers.0", "model.other"]

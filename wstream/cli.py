@@ -72,6 +72,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             max_chunk=args.max_chunk,
             threads=args.threads,
             progress=update,
+            files=args.files,
         )
     finally:
         close()
@@ -84,6 +85,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         "ratio": round(report.ratio, 4),
         "seconds": round(report.seconds, 3),
         "lossy": report.lossy,
+        "files": [_file_row(f) for f in report.manifest.files],
     }
     if args.json:
         print(json.dumps(summary))
@@ -96,14 +98,28 @@ def cmd_pack(args: argparse.Namespace) -> int:
             f"-> {args.output}"
             + (" [LOSSY: values differ from the source]" if report.lossy else "")
         )
+        names = ", ".join(f.name for f in report.manifest.files)
+        print(
+            f"embedded {len(report.manifest.files)} model files" + (f": {names}" if names else "")
+        )
     return 0
 
 
-def cmd_unpack(args: argparse.Namespace) -> int:
-    from wstream.unpack import unpack
+def _file_row(entry: Any) -> dict[str, Any]:
+    """An embedded file as ``pack --json`` and ``info --json`` list it."""
+    return {"name": entry.name, "nbytes": entry.nbytes, "raw_nbytes": entry.raw_nbytes}
 
-    n = unpack(args.src, args.output, allow_lossy=args.dequantize)
-    print(f"unpacked {n} tensors -> {args.output}")
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from wstream.unpack import unpack_report
+
+    report = unpack_report(
+        args.src, args.output, allow_lossy=args.dequantize, files=args.files, force=args.force
+    )
+    print(f"unpacked {report.tensors} tensors -> {args.output}")
+    for a in report.files:
+        verb = {"write": "wrote", "replace": "replaced", "same": "unchanged"}[a.action]
+        print(f"{verb:<9} {a.path} ({a.entry.raw_nbytes} bytes)")
     return 0
 
 
@@ -131,6 +147,7 @@ def info_dict(path: str) -> dict[str, Any]:
         "config": m.config,
         "metadata": dict(m.metadata),
         "chunks": [ch.to_json() for ch in m.chunks],
+        "files": [_file_row(f) for f in m.files],
     }
 
 
@@ -171,6 +188,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "query_num")
         shown = {k: d["config"][k] for k in keys if k in d["config"]}
         print(f"config    {json.dumps(shown) if shown else '(present)'}")
+    files = d["files"]
+    print(f"files     {len(files)} embedded" + (":" if files else " (none)"))
+    for f in files:
+        print(
+            f"          {f['name']:<28} {human(f['raw_nbytes']):>12} ({human(f['nbytes'])} stored)"
+        )
     print()
     print(f"{'group':<28} {'chunks':>6} {'tensors':>7} {'decoded':>12} {'stored':>12}  codec")
     by_group: dict[str, list[dict[str, Any]]] = {}
@@ -194,8 +217,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     with Container(args.src) as c:
         c.verify()
-        n = len(c.manifest.chunks)
-    print(f"{args.src}: OK ({n} chunks verified)")
+        n, n_files = len(c.manifest.chunks), len(c.manifest.files)
+    files = f", {n_files} embedded files" if n_files else ""
+    print(f"{args.src}: OK ({n} chunks{files} verified)")
     return 0
 
 
@@ -345,6 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="threads compressing zstd frames in parallel (default: 1)",
     )
+    sp.add_argument(
+        "--no-files",
+        dest="files",
+        action="store_false",
+        help="do not embed the model files beside the weights (tokenizer.json, "
+        "tokenizer_config.json, preprocessor_config.json, generation_config.json, "
+        "special_tokens_map.json, added_tokens.json)",
+    )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_pack)
 
@@ -356,6 +388,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow unpacking a lossy container (its values differ from the source)",
     )
+    sp.add_argument(
+        "--files",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the embedded model files (tokenizer.json, ...) beside the output "
+        "(default: yes)",
+    )
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing model file whose content differs from the embedded one",
+    )
     sp.set_defaults(func=cmd_unpack)
 
     sp = sub.add_parser("info", help="describe a container (reads the manifest only)")
@@ -363,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print everything as one JSON object")
     sp.set_defaults(func=cmd_info)
 
-    sp = sub.add_parser("verify", help="check every chunk's checksum and decode it")
+    sp = sub.add_parser(
+        "verify", help="check every chunk's and embedded file's checksum and decode it"
+    )
     sp.add_argument("src", help="the .wst file")
     sp.set_defaults(func=cmd_verify)
 
@@ -504,5 +550,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def configure_process() -> None:
+    """Settings for the whole process, made only by the ``wstream`` command (which owns its
+    process), never on import, and before numpy loads OpenBLAS, which reads them once.
+
+    ``OPENBLAS_THREAD_TIMEOUT=1``: OpenBLAS threads spin for a while after each matmul. In
+    ``wstream run`` they share two cores with the prefetch workers and with the row-parallel
+    numpy work between matmuls, which they would starve (a vision layer's attention: 60 ms
+    spinning, 37 ms not). An explicit setting in the environment wins."""
+    os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+
+
+def entry() -> None:
+    """The ``wstream`` console script: configure the process, then run :func:`main`."""
+    configure_process()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -63,7 +63,7 @@ def ask_demo(work: Path, out: Callable[[str], None] = print) -> dict[str, dict[s
     packed = pack(TINY, work / "tiny.wst", max_chunk=64 << 10)
     out(
         f"model       trained tiny MiniCPM-V 2.6 ({TINY.name}): {packed.tensors} tensors, "
-        f"{_mib(packed.bytes_out)} in one .wst with {', '.join(packed.files)}"
+        f"{_mib(packed.bytes_out)} in one .wst with {', '.join(f.name for f in packed.manifest.files)}"
     )
     from PIL import Image
 

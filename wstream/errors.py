@@ -104,15 +104,15 @@ class GroupLayoutError(FormatError):
 
 
 class ChunkChecksumMismatch(FormatError):
-    """A chunk's stored bytes do not match its CRC-32."""
+    """A chunk's (or an embedded file's) stored bytes do not match its CRC-32."""
 
 
 class DecodedSizeMismatch(FormatError):
-    """A chunk decodes to a different number of bytes than its declared raw_nbytes."""
+    """A chunk (or an embedded file) decodes to another number of bytes than its raw_nbytes."""
 
 
 class CorruptChunk(FormatError):
-    """A chunk's codec rejected its bytes."""
+    """A chunk's (or an embedded file's) codec rejected its bytes."""
 
 
 # --- everything else -----------------------------------------------------------------------------
@@ -156,6 +156,20 @@ class BudgetTooSmall(LoaderError, InputError):
 
 class LossyUnpack(InputError):
     """Unpacking a lossy container was asked for without allowing it."""
+
+
+class MissingModelFile(InputError):
+    """A container lacks a file of the source checkpoint that a command needs (tokenizer.json,
+    ...): the checkpoint must be packed again with that file beside its weights."""
+
+
+class BadModelFile(InputError):
+    """A file embedded in a container is not what its use needs (e.g. not strict JSON)."""
+
+
+class OutputExists(InputError):
+    """An output file exists with other content (or is not a regular file): nothing is
+    replaced unless asked (``--force``)."""
 
 
 # --- the real request (wstream/pipeline) ---------------------------------------------------------
@@ -210,7 +224,3 @@ class ContextTooLong(InputError):
 
 class BadLogits(WStreamError, ValueError):
     """The logits handed to a sampler have the wrong shape or no finite value to choose from."""
-
-
-class MissingModelFile(InputError):
-    """A file a chat needs (tokenizer, preprocessor config) is not inside the container."""

@@ -1,6 +1,6 @@
 """Pack a safetensors checkpoint into a .wst container, in execution order, in bounded memory.
 
-Two steps. :func:`plan_chunks` (pure) lays the groups of :func:`execution_order` out as chunks
+Two steps. :func:`layout_chunks` (pure) lays the groups of :func:`execution_order` out as chunks
 of at most ``max_chunk`` decoded bytes, splitting a too-large item into equal row blocks (all
 tensors of an item split at the same rows). :func:`pack` then fills one chunk buffer at a time
 with ``pread`` (converting or quantizing in small row slabs when asked), encodes it and appends
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from wstream.container.checkpoint import CheckpointReader, SourceTensor, open_checkpoint
-from wstream.container.writer import ContainerWriter, align_up
+from wstream.container.model_files import find_model_files, read_model_files
+from wstream.container.writer import ContainerWriter
 from wstream.errors import InputError, SourceError
 from wstream.format import codecs, spec
 from wstream.format.crc import crc32
@@ -34,8 +35,8 @@ from wstream.format.quant import (
     quantizable,
     quantize_int8,
 )
-from wstream.format.spec import CodecId, DType, QuantScheme
-from wstream.model.schedule import GroupPlan, execution_order
+from wstream.format.spec import CodecId, DType, QuantScheme, align_up
+from wstream.model.schedule import ScheduledGroup, execution_order
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
 _SLAB_NBYTES = (
@@ -86,16 +87,16 @@ def storage_plan(
 
 
 @dataclass(frozen=True, slots=True)
-class PiecePlan:
+class PieceLayout:
     entry: TensorEntry  # as it will appear in the manifest
     src_rows: tuple[int, int]  # rows of the source tensor (0, 1) for a 0-d tensor
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkPlan:
+class ChunkLayout:
     name: str
     group: str
-    pieces: tuple[PiecePlan, ...]
+    pieces: tuple[PieceLayout, ...]
     raw_nbytes: int
 
 
@@ -107,7 +108,7 @@ class PackReport:
     bytes_out: int  # size of the .wst file
     seconds: float
     lossy: bool
-    manifest: Manifest
+    manifest: Manifest  # its ``files``: the embedded model files (tokenizer.json, ...)
 
     @property
     def ratio(self) -> float:
@@ -147,12 +148,12 @@ def _units(
     ]
 
 
-def plan_chunks(
-    groups: Sequence[GroupPlan],
+def layout_chunks(
+    groups: Sequence[ScheduledGroup],
     tensors: Mapping[str, SourceTensor],
     max_chunk: int,
     storage: Mapping[str, Storage] | None = None,
-) -> list[ChunkPlan]:
+) -> list[ChunkLayout]:
     """Lay out groups as chunks of at most ``max_chunk`` decoded bytes (a pure function).
 
     The first item of each stage gets a chunk of its own (the vision patch embedding, 1.3 MB at
@@ -164,11 +165,11 @@ def plan_chunks(
         )
     if storage is None:
         storage = {n: Storage(t.dtype) for n, t in tensors.items()}
-    out: list[ChunkPlan] = []
+    out: list[ChunkLayout] = []
     stages_seen: set[str] = set()
     for group in groups:
-        chunks: list[list[PiecePlan]] = []
-        current: list[PiecePlan] = []
+        chunks: list[list[PieceLayout]] = []
+        current: list[PieceLayout] = []
         end = 0
         stage_head = group.stage not in stages_seen
         stages_seen.add(group.stage)
@@ -191,14 +192,14 @@ def plan_chunks(
                     if st.group is not None:
                         quant = Quant(QuantScheme.INT8, st.group, align_up(end + values, _A))
                     entry = TensorEntry(t.name, st.dtype, t.shape, end, rows, quant)
-                    current.append(PiecePlan(entry, rows or (0, _rows(t))))
+                    current.append(PieceLayout(entry, rows or (0, _rows(t))))
                     end = align_up(align_up(end + values, _A) + scales, _A)
         if current or not chunks:
             chunks.append(current)
         for k, pieces in enumerate(chunks):
             name = group.name if len(chunks) == 1 else f"{group.name}#{k}"
             raw = max((_end(p.entry) for p in pieces), default=0)
-            out.append(ChunkPlan(name, group.name, tuple(pieces), raw))
+            out.append(ChunkLayout(name, group.name, tuple(pieces), raw))
     return out
 
 
@@ -220,7 +221,7 @@ class _Filler:
         self.scratch = np.empty(0, np.uint8)
 
     def __call__(
-        self, plan: ChunkPlan, buf: np.ndarray, *, crc: bool = False
+        self, plan: ChunkLayout, buf: np.ndarray, *, crc: bool = False
     ) -> tuple[memoryview, int | None]:
         """The chunk's decoded bytes in ``buf``, and with ``crc`` their CRC-32: summed here, on
         the reading thread, so it overlaps with the writing of the previous chunk."""
@@ -245,7 +246,7 @@ class _Filler:
                 self._convert(src, p, raw)
         return raw.data, crc32(raw.data) if crc else None
 
-    def _convert(self, src: SourceTensor, p: PiecePlan, raw: np.ndarray) -> None:
+    def _convert(self, src: SourceTensor, p: PieceLayout, raw: np.ndarray) -> None:
         e = p.entry
         cols = math.prod(src.shape[1:])
         row_src = cols * src.dtype.itemsize
@@ -275,7 +276,7 @@ class _Filler:
                     self.lossy = True
 
 
-def _group_size(plan: ChunkPlan) -> int:
+def _group_size(plan: ChunkLayout) -> int:
     """The element size that dominates a chunk's bytes: what byte grouping should use."""
     by_size: dict[int, int] = {}
     for p in plan.pieces:
@@ -296,12 +297,15 @@ def pack(
     max_chunk: int = spec.DEFAULT_MAX_CHUNK,
     threads: int = 1,
     progress: ProgressFn | None = None,
+    files: bool = True,
 ) -> PackReport:
     """Convert a checkpoint (file or sharded directory) into ``dst``.
 
     ``codec`` raw or zstd; ``level`` None picks the measured best (see codecs); ``shuffle``
     groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
-    "keep", "bfloat16", "float16" or "float32" converts floating-point tensors.
+    "keep", "bfloat16", "float16" or "float32" converts floating-point tensors. ``files``
+    embeds the checkpoint's tokenizer, chat template, preprocessor and generation settings found
+    beside the weights (see :mod:`wstream.container.model_files`), after the chunks.
 
     >>> pack("MiniCPM-V-2_6/", "minicpmv26.wst", codec="zstd", shuffle=True)  # doctest: +SKIP
     """
@@ -322,11 +326,15 @@ def pack(
     if threads < 1:
         raise InputError(f"threads: {threads} must be at least 1")
     ckpt = open_checkpoint(src)
+    # Read and checked before any tensor is packed: a bad tokenizer.json fails in a second, not
+    # after the whole checkpoint has been converted.
+    model_paths = find_model_files(src) if files else ()
+    model_files = read_model_files(model_paths)
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
-    plans = plan_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
+    plans = layout_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
     largest = max((p.raw_nbytes for p in plans), default=0)
     dst = Path(dst)
-    if dst.resolve() in {f.resolve() for f in ckpt.files}:
+    if dst.resolve() in {f.resolve() for f in (*ckpt.files, *model_paths)}:
         raise InputError(f"output: {dst} is one of the source files")
 
     # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
@@ -370,6 +378,8 @@ def pack(
                     pending = io.submit(fill, plans[i + 1], buffers[0], crc=codec == "raw")
                 if progress is not None:
                     progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
+        for model_file in model_files:
+            writer.add_file(model_file.name, model_file.data, zstd=codec == "zstd")
         manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)
     return PackReport(
         tensors=len(manifest.tensors),
@@ -382,6 +392,6 @@ def pack(
     )
 
 
-def _src_nbytes(reader: CheckpointReader, p: PiecePlan) -> int:
+def _src_nbytes(reader: CheckpointReader, p: PieceLayout) -> int:
     t = reader.checkpoint.tensors[p.entry.name]
     return t.nbytes * (p.src_rows[1] - p.src_rows[0]) // _rows(t) if t.nbytes else 0

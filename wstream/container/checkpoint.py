@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from wstream.errors import SourceError
+from wstream.format import strictjson
 from wstream.format.spec import MAX_NAME_BYTES, MAX_NDIM, DType
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # safetensors' own limit
@@ -48,10 +49,8 @@ class Checkpoint:
 
 def _check_text(value: Any, where: str) -> None:
     """Every string in ``value`` must be encodable as UTF-8 (JSON allows lone surrogates)."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise SourceError(f"{where}: contains a lone surrogate (not valid Unicode text)") from None
+    if strictjson.first_non_text(value) is not None:
+        raise SourceError(f"{where}: contains a lone surrogate (not valid Unicode text)")
 
 
 def _check_name(name: str, where: str) -> None:
@@ -62,16 +61,13 @@ def _check_name(name: str, where: str) -> None:
         raise SourceError(f"{where}: name of {size} bytes is outside [1, {MAX_NAME_BYTES}]")
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object hook: a name given twice is an error, not "the last one wins"."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise SourceError(f"duplicate name {k!r}")
-            seen.add(k)
-    return out
+# json hooks: a name given twice is an error, not "the last one wins"; NaN and Infinity are
+# refused because the manifest that carries config.json is strict JSON (SPEC.md), so before any
+# tensor is packed.
+_unique_keys = strictjson.unique_keys(lambda k: SourceError(f"duplicate name {k!r}"))
+_no_constant = strictjson.no_constants(
+    lambda name: SourceError(f"{name} is not valid JSON (the container's manifest is strict JSON)")
+)
 
 
 def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
@@ -146,12 +142,6 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
             "(truncated or padded shard)"
         )
     return tensors, metadata
-
-
-def _no_constant(name: str) -> Any:
-    # Python's json reads NaN and Infinity; the manifest that carries config.json is strict JSON
-    # (SPEC.md), so refuse them here, before any tensor is packed.
-    raise SourceError(f"{name} is not valid JSON (the container's manifest is strict JSON)")
 
 
 def _read_json(path: Path, *, unique: bool = False) -> Any:
