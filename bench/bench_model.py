@@ -59,7 +59,7 @@ def test_vision_block(benchmark: Any, throughput: Any) -> None:
     def run() -> np.ndarray:
         cursors = _cursor(source, "vision.layer.0")
         try:
-            return vision.block(x, next(cursors), cfg)
+            return vision.block(x, next(cursors), cfg, [(0, x.shape[0])])
         finally:
             cursors.close()
 

@@ -61,7 +61,7 @@ groups = ["vision.embed"] + [f"vision.layer.{i}" for i in range(cfg.layers)] + [
 pixels = load_image(sys.argv[2])
 def tower():
     cursors = walk(loader, [(g, plans[g].prefix, None) for g in groups])
-    out = vision.encode(pixels, cursors, cfg)
+    out = vision.encode([pixels], cursors, cfg)[0]
     cursors.close()
     return out
 t0 = time.perf_counter(); tower(); first = time.perf_counter() - t0  # streams, then keeps

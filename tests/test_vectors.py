@@ -93,6 +93,13 @@ def test_valid_vector(name: str, tmp_path: Path) -> None:
             assert as_expected(tname, c.tensor(tname)) == want, tname
         streamed = dict(c.tensors())
         assert {k: as_expected(k, v) for k, v in streamed.items()} == exp["tensors"]
+        files = [
+            {"name": f.name, "nbytes": f.nbytes, "raw_nbytes": f.raw_nbytes,
+             "codec": "+".join(s.id for s in f.codec) or "raw",
+             "data_hex": c.read_file(f.name).hex()}
+            for f in c.files
+        ]  # fmt: skip
+        assert files == exp.get("files", [])
 
     out = tmp_path / "out.safetensors"
     if exp["lossy"]:
@@ -101,6 +108,8 @@ def test_valid_vector(name: str, tmp_path: Path) -> None:
         return
     # Unpacked, the safetensors package reads the same bytes back.
     unpack(wst, out)
+    for f in exp.get("files", []):  # written back beside the safetensors file
+        assert (tmp_path / f["name"]).read_bytes().hex() == f["data_hex"]
     back = {
         n: {"dtype": t["dtype"], "shape": list(t["shape"]), "data_hex": bytes(t["data"]).hex()}
         for n, t in safetensors.deserialize(out.read_bytes())
@@ -119,6 +128,15 @@ def test_invalid_vector(name: str) -> None:
         assert type(info.value) is error, info.value
         return
     assert exp["stage"] == "read"
+    if "file" in exp:  # an embedded file's data: the metadata and every chunk are valid
+        with Container(wst) as c:
+            dict(c.tensors())
+            for read in (c.verify, lambda: c.read_file(exp["file"])):
+                with pytest.raises(error) as info:
+                    read()
+                assert type(info.value) is error, info.value
+                assert f"file {exp['file']!r}" in str(info.value)
+        return
     with Container(wst) as c:
         for read in (c.verify, lambda: dict(c.tensors()), lambda: c.decode(c.chunk(exp["chunk"]))):
             with pytest.raises(error) as info:

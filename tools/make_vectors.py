@@ -27,7 +27,7 @@ import struct
 import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,17 @@ class Chunk:
 
 
 @dataclass
+class File:
+    """An embedded file (SPEC.md section 13): opaque bytes after the chunks."""
+
+    name: str
+    data: bytes
+    codec: str = "raw"  # raw | zstd | zstd-nosize (no content size, with checksum)
+    frame_cuts: tuple[int, ...] | None = None  # zstd: split the file here, record "frames"
+    gap_pages: int = 0  # extra empty pages before this file
+
+
+@dataclass
 class Layout:
     payloads: list[tuple[int, bytes]]
     doc: dict[str, Any]
@@ -159,6 +170,7 @@ def layout(
     config: dict[str, Any] | None = None,
     metadata: dict[str, str] | None = None,
     lossy: bool = False,
+    files: list[File] | None = None,
 ) -> Layout:
     payloads: list[tuple[int, bytes]] = []
     entries = []
@@ -199,13 +211,30 @@ def layout(
             }
         )
         end = offset + len(stored)
-    doc = {
+    doc: dict[str, Any] = {
         "writer": WRITER,
         "lossy": lossy,
         "config": config,
         "metadata": metadata or {},
         "chunks": entries,
     }
+    if files is not None:  # after the last chunk, in list order (SPEC.md section 10, rule 13)
+        doc["files"] = []
+        for f in files:
+            stored, codec = encode(f.data, Chunk(f.name, "", [], f.codec, frame_cuts=f.frame_cuts))
+            offset = align(end, CHUNK_ALIGNMENT) + f.gap_pages * CHUNK_ALIGNMENT
+            payloads.append((offset, stored))
+            doc["files"].append(
+                {
+                    "name": f.name,
+                    "offset": offset,
+                    "nbytes": len(stored),
+                    "raw_nbytes": len(f.data),
+                    "crc32": zlib.crc32(stored),
+                    "codec": codec,
+                }
+            )
+            end = offset + len(stored)
     return Layout(payloads, doc)
 
 
@@ -286,13 +315,27 @@ class Valid:
     why: str
     lay: Layout
     chunks: list[Chunk]
+    files: list[File] = field(default_factory=list)
+
+
+# Embedded files of the vectors: a chat template with non-ASCII text and newlines, a tokenizer
+# long enough for two zstd frames, arbitrary bytes and an empty file.
+TOKENIZER_CONFIG = json.dumps(
+    {"chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+     "<|im_end|>\n{% endfor %}", "model_max_length": 32768, "note": "défaut ✓"},
+    ensure_ascii=False,
+).encode("utf-8")  # fmt: skip
+TOKENIZER = json.dumps(
+    {"model": {"type": "BPE", "vocab": {f"tok{i}": i for i in range(800)}}}
+).encode("utf-8")
+GENERATION_CONFIG = b'{"eos_token_id": [151645, 151643], "do_sample": false}\n'
 
 
 def valid_vectors() -> list[Valid]:
     out: list[Valid] = []
 
     def add(name: str, why: str, chunks: list[Chunk], **kw: Any) -> None:
-        out.append(Valid(name, why, layout(chunks, **kw), chunks))
+        out.append(Valid(name, why, layout(chunks, **kw), chunks, kw.get("files") or []))
 
     add(
         "raw_basic",
@@ -562,6 +605,35 @@ def valid_vectors() -> list[Valid]:
             ),
         ],
     )
+    add(
+        "files_raw",
+        "Three embedded files stored raw after the chunk (section 13): a JSON chat template with "
+        "non-ASCII text, 768 arbitrary bytes, and an empty file; each on its own page.",
+        [Chunk("model.other", "model.other", BASIC)],
+        files=[
+            File("tokenizer_config.json", TOKENIZER_CONFIG),
+            File("blob.bin", bytes(range(256)) * 3),
+            File("Empty_file-0", b""),
+        ],
+    )
+    add(
+        "files_zstd",
+        "Embedded files in zstd: one split into two recorded frames, one frame without a content "
+        "size (with a checksum) after an unused page; listed in reverse file order (allowed).",
+        [Chunk("model.other", "model.other", BASIC, codec="zstd")],
+        files=[
+            File("tokenizer.json", TOKENIZER, codec="zstd", frame_cuts=(8192,)),
+            File("generation_config.json", GENERATION_CONFIG, codec="zstd-nosize", gap_pages=1),
+        ],
+    )
+    out[-1].lay.doc["files"].reverse()
+    out[-1].files.reverse()
+    add(
+        "files_only",
+        "No chunk at all, one embedded file: its payload starts the chunk data area at 4096.",
+        [],
+        files=[File("generation_config.json", GENERATION_CONFIG)],
+    )
     return out
 
 
@@ -576,6 +648,7 @@ class Invalid:
     data: bytes
     stage: str = "open"  # "open": rejected when opened; "read": when the named chunk is read
     chunk: str | None = None
+    file: str | None = None  # "read" of an embedded file: reading or verifying it fails
 
 
 def small() -> Layout:
@@ -1084,7 +1157,149 @@ def invalid_vectors() -> list[Invalid]:
         stage="read",
         chunk="c1",
     )
+    out.extend(file_vectors())
     return out
+
+
+def small_files(files: list[File] | None = None) -> Layout:
+    """The base of the embedded-file vectors: one raw chunk, then two raw files."""
+    if files is None:
+        files = [
+            File("tokenizer.json", TOKENIZER[:600]),
+            File("generation_config.json", GENERATION_CONFIG),
+        ]
+    return layout([Chunk("c0", "g0", [Piece("a", bits(DType.F32, (3,), 21))])], files=files)
+
+
+def files_edited(fn: Callable[[list[dict[str, Any]]], Any], **kw: Any) -> bytes:
+    lay = small_files(**kw)
+    fn(lay.doc["files"])
+    return build(lay)
+
+
+def file_vectors() -> list[Invalid]:
+    """Each breaks one rule of phases H and I (SPEC.md section 9)."""
+    out: list[Invalid] = []
+    good = build(small_files())
+
+    def add(name: str, error: str, why: str, data: bytes, **kw: Any) -> None:
+        if data == good:
+            raise AssertionError(f"{name}: identical to the valid base")
+        out.append(Invalid(name, error, why, data, **kw))
+
+    def entry(i: int, **values: Any) -> Callable[[list[dict[str, Any]]], Any]:
+        return lambda files: files[i].update(values)
+
+    add(
+        "file_overlaps_chunk",
+        "OverlappingRegions",
+        "An embedded file's offset is chunk c0's: its bytes would be the chunk's (rule H11).",
+        files_edited(entry(1, offset=DATA_START)),
+    )
+    add(
+        "file_overlaps_file",
+        "OverlappingRegions",
+        "Two embedded files at one offset, both non-empty (rule H11).",
+        files_edited(lambda f: f[1].update(offset=f[0]["offset"])),
+    )
+    add(
+        "file_bad_name",
+        "ManifestSchemaError",
+        "An embedded file named '../tokenizer.json': a path, not a plain file name (rule H3).",
+        files_edited(entry(0, name="../tokenizer.json")),
+    )
+    add(
+        "file_duplicate_name",
+        "DuplicateName",
+        "Two embedded files named 'tokenizer.json' (rule H10).",
+        files_edited(entry(1, name="tokenizer.json")),
+    )
+    add(
+        "file_duplicate_name_case",
+        "DuplicateName",
+        "Embedded files 'tokenizer.json' and 'Tokenizer.JSON': one path on a case-insensitive "
+        "filesystem (rule H10).",
+        files_edited(entry(1, name="Tokenizer.JSON")),
+    )
+    add(
+        "file_too_many",
+        "LimitExceeded",
+        "33 embedded files (empty ones at one offset, which is allowed): one more than MAX_FILES "
+        "(rule H1).",
+        build(small_files([File(f"f{i:02d}", b"") for i in range(33)])),
+    )
+    big = zstandard.ZstdCompressor(level=1).compress(bytes((64 << 20) + 1))
+    add(
+        "file_too_large",
+        "LimitExceeded",
+        "An embedded file of 64 MiB + 1 zero bytes (a 2 KiB zstd frame): raw_nbytes exceeds "
+        "MAX_FILE_NBYTES, rejected before any decode (rule H7).",
+        _file_payload(big, (64 << 20) + 1, [{"id": "zstd"}]),
+    )
+    add(
+        "file_bytegroup_codec",
+        "ManifestSchemaError",
+        "An embedded file with codec [bytegroup]: a file's codec is [] or [zstd] (rule H9).",
+        files_edited(entry(1, codec=[{"id": "bytegroup", "size": 2}])),
+    )
+    add(
+        "file_misaligned",
+        "MisalignedOffset",
+        "An embedded file's offset is not a multiple of 4096 (rule H5).",
+        files_edited(lambda f: f[0].update(offset=f[0]["offset"] + 64)),
+    )
+    add(
+        "file_out_of_bounds",
+        "OutOfBounds",
+        "An embedded file's bytes run past manifest_offset (rule H6).",
+        files_edited(lambda f: f[1].update(nbytes=f[1]["nbytes"] + 4096)),
+    )
+    lay = small_files()
+    off, stored = lay.payloads[1]
+    lay.payloads[1] = (off, _flip(stored, 10))
+    add(
+        "file_checksum_mismatch",
+        "ChunkChecksumMismatch",
+        "One bit of the embedded tokenizer.json flipped: its CRC-32 no longer matches (rule I1).",
+        build(lay),
+        stage="read",
+        file="tokenizer.json",
+    )
+    frame = zstd(GENERATION_CONFIG + bytes(64), content_size=False, checksum=True)
+    add(
+        "file_decoded_size_mismatch",
+        "DecodedSizeMismatch",
+        "An embedded file's zstd frame decodes to 64 bytes more than its raw_nbytes (no content "
+        "size in the frame; CRC correct; rule I2).",
+        _file_payload(
+            frame, len(GENERATION_CONFIG), [{"id": "zstd"}], name="generation_config.json"
+        ),
+        stage="read",
+        file="generation_config.json",
+    )
+    add(
+        "file_corrupt",
+        "CorruptChunk",
+        "An embedded file declares zstd but stores bytes that are not a zstd frame (CRC correct; "
+        "rule I2).",
+        _file_payload(b"definitely not zstd", 64, [{"id": "zstd"}], name="generation_config.json"),
+        stage="read",
+        file="generation_config.json",
+    )
+    return out
+
+
+def _file_payload(
+    stored: bytes, raw_nbytes: int, codec: list[dict[str, Any]], *, name: str = "zeros.bin"
+) -> bytes:
+    """small_files() with file ``name``'s stored bytes and sizes replaced (its CRC correct)."""
+    lay = small_files([File("tokenizer.json", TOKENIZER[:600]), File(name, b"")])
+    off, _ = lay.payloads[-1]
+    lay.payloads[-1] = (off, stored)
+    lay.doc["files"][-1].update(
+        nbytes=len(stored), raw_nbytes=raw_nbytes, crc32=zlib.crc32(stored), codec=codec
+    )
+    return build(lay)
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -1135,7 +1350,22 @@ def expectation(v: Valid) -> dict[str, Any]:
             for ch in v.lay.doc["chunks"]
         ],
         "tensors": tensors,
+        **({"files": file_expectation(v)} if v.files else {}),
     }
+
+
+def file_expectation(v: Valid) -> list[dict[str, Any]]:
+    """Each embedded file in manifest order: its sizes, codec and bytes (as hex)."""
+    return [
+        {
+            "name": entry["name"],
+            "nbytes": entry["nbytes"],
+            "raw_nbytes": entry["raw_nbytes"],
+            "codec": "+".join(c["id"] for c in entry["codec"]) or "raw",
+            "data_hex": f.data.hex(),
+        }
+        for entry, f in zip(v.lay.doc["files"], v.files, strict=True)
+    ]
 
 
 def write_json(path: Path, doc: Any) -> None:
@@ -1152,10 +1382,13 @@ def readme(valid: list[Valid], invalid: list[Invalid]) -> str:
         "- `valid/NAME.json`: what a reader must return. `tensors` maps each tensor name to its",
         "  `dtype` (safetensors spelling), `shape`, and `data_hex`: its bytes, little-endian,",
         "  C order, row blocks reassembled. Also `config`, `metadata`, `lossy`, `groups` (file",
-        "  order) and `chunks` (name, group, codec). Compare bytes, not values (NaN, -0).",
+        "  order) and `chunks` (name, group, codec). Compare bytes, not values (NaN, -0). With",
+        "  embedded files (SPEC.md section 13), `files`: each one's `name`, `nbytes`,",
+        "  `raw_nbytes`, `codec` and `data_hex`, in manifest order.",
         "- `invalid/NAME.json`: `error`, the `wstream.errors.FormatError` subclass a reader must",
         "  raise; `stage`, `open` (rejected while reading the preamble and manifest) or `read`",
-        "  (the metadata is valid; reading or verifying chunk `chunk` fails); and `description`.",
+        "  (the metadata is valid; reading or verifying chunk `chunk`, or embedded file `file`,",
+        "  fails); and `description`.",
         "- Both carry `sha256` of the `.wst` file, so a stray edit is caught.",
         "",
         "Each invalid file breaks one rule; every checksum not under test is correct, so a reader",
@@ -1195,6 +1428,14 @@ def check(root: Path) -> list[str]:
                         problems.append(f"valid/{exp_path.stem}: tensor {name!r} differs")
                 if got:
                     problems.append(f"valid/{exp_path.stem}: unexpected tensors {sorted(got)}")
+                files = [
+                    {"name": f.name, "nbytes": f.nbytes, "raw_nbytes": f.raw_nbytes,
+                     "codec": "+".join(s.id for s in f.codec) or "raw",
+                     "data_hex": c.read_file(f.name).hex()}
+                    for f in c.files
+                ]  # fmt: skip
+                if files != exp.get("files", []):
+                    problems.append(f"valid/{exp_path.stem}: embedded files differ")
         except errors.WStreamError as exc:
             problems.append(f"valid/{exp_path.stem}: {type(exc).__name__}: {exc}")
     for exp_path in sorted((root / "invalid").glob("*.json")):
@@ -1245,6 +1486,8 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"description": iv.why, "error": iv.error, "stage": iv.stage}
         if iv.chunk is not None:
             doc["chunk"] = iv.chunk
+        if iv.file is not None:
+            doc["file"] = iv.file
         doc["sha256"] = hashlib.sha256(iv.data).hexdigest()
         write_json(args.out / "invalid" / f"{iv.name}.json", doc)
     (args.out / "README.md").write_text(readme(valid, invalid), encoding="utf-8")

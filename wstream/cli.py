@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from wstream import __version__
-from wstream.errors import WStreamError
+from wstream.errors import InputError, WStreamError
 from wstream.format import spec
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -75,6 +75,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             max_chunk=args.max_chunk,
             threads=args.threads,
             progress=update,
+            files=args.files,
         )
     finally:
         close()
@@ -87,6 +88,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         "ratio": round(report.ratio, 4),
         "seconds": round(report.seconds, 3),
         "lossy": report.lossy,
+        "files": [_file_row(f) for f in report.manifest.files],
     }
     if args.json:
         print(json.dumps(summary))
@@ -99,14 +101,28 @@ def cmd_pack(args: argparse.Namespace) -> int:
             f"-> {args.output}"
             + (" [LOSSY: values differ from the source]" if report.lossy else "")
         )
+        names = ", ".join(f.name for f in report.manifest.files)
+        print(
+            f"embedded {len(report.manifest.files)} model files" + (f": {names}" if names else "")
+        )
     return 0
 
 
-def cmd_unpack(args: argparse.Namespace) -> int:
-    from wstream.unpack import unpack
+def _file_row(entry: Any) -> dict[str, Any]:
+    """An embedded file as ``pack --json`` and ``info --json`` list it."""
+    return {"name": entry.name, "nbytes": entry.nbytes, "raw_nbytes": entry.raw_nbytes}
 
-    n = unpack(args.src, args.output, allow_lossy=args.dequantize)
-    print(f"unpacked {n} tensors -> {args.output}")
+
+def cmd_unpack(args: argparse.Namespace) -> int:
+    from wstream.unpack import unpack_report
+
+    report = unpack_report(
+        args.src, args.output, allow_lossy=args.dequantize, files=args.files, force=args.force
+    )
+    print(f"unpacked {report.tensors} tensors -> {args.output}")
+    for a in report.files:
+        verb = {"write": "wrote", "replace": "replaced", "same": "unchanged"}[a.action]
+        print(f"{verb:<9} {a.path} ({a.entry.raw_nbytes} bytes)")
     return 0
 
 
@@ -134,6 +150,7 @@ def info_dict(path: str) -> dict[str, Any]:
         "config": m.config,
         "metadata": dict(m.metadata),
         "chunks": [ch.to_json() for ch in m.chunks],
+        "files": [_file_row(f) for f in m.files],
     }
 
 
@@ -174,6 +191,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "query_num")
         shown = {k: d["config"][k] for k in keys if k in d["config"]}
         print(f"config    {json.dumps(shown) if shown else '(present)'}")
+    files = d["files"]
+    print(f"files     {len(files)} embedded" + (":" if files else " (none)"))
+    for f in files:
+        print(
+            f"          {f['name']:<28} {human(f['raw_nbytes']):>12} ({human(f['nbytes'])} stored)"
+        )
     print()
     print(f"{'group':<28} {'chunks':>6} {'tensors':>7} {'decoded':>12} {'stored':>12}  codec")
     by_group: dict[str, list[dict[str, Any]]] = {}
@@ -197,23 +220,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     with Container(args.src) as c:
         c.verify()
-        n = len(c.manifest.chunks)
-    print(f"{args.src}: OK ({n} chunks verified)")
+        n, n_files = len(c.manifest.chunks), len(c.manifest.files)
+    files = f", {n_files} embedded files" if n_files else ""
+    print(f"{args.src}: OK ({n} chunks{files} verified)")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.prompt is not None:
+        return _answer(args)
     import numpy as np
 
     from wstream.run import load_everything, load_pixels, parse_bound, parse_ids, run
 
+    if args.input_ids is None:
+        raise InputError(
+            "--prompt or --input-ids: one is needed"
+            + (" (an image needs a question about it)" if args.image else "")
+        )
+    if args.image is not None and len(args.image) > 1:
+        raise InputError("--image: the --input-ids form takes one image; use --prompt for several")
     report = run(
         args.src,
         input_ids=parse_ids(args.input_ids),
         pixels=load_pixels(args.pixels) if args.pixels else None,
-        image=args.image,
+        image=args.image[0] if args.image else None,
         image_bound=parse_bound(args.image_bound) if args.image_bound else None,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=8 if args.max_new_tokens is None else args.max_new_tokens,
         budget=args.budget,
         prefetch=args.prefetch,
         weights_factory=load_everything if args.eager else None,
@@ -245,6 +278,26 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"logits    [{summary['prompt_tokens']}, {summary['vocab']}] float32 -> "
             f"{args.logits_out}"
         )
+    return 0
+
+
+def _answer(args: argparse.Namespace) -> int:
+    from wstream.ask import ask
+
+    result = ask(args)
+    if args.json:
+        print(json.dumps(result.summary(), ensure_ascii=False))
+        return 0
+    sys.stdout.write("\n")
+    t = result.timings
+    print(
+        f"wstream: {len(result.generated)} tokens ({result.finish_reason}), "
+        f"{result.slices} slices, prompt {result.prompt_tokens} tokens; first token "
+        f"{result.first_token_seconds:.2f} s (vision {t.get('vision', 0):.2f} s, prefill "
+        f"{t.get('prefill', 0):.2f} s), decode {t.get('decode', 0):.2f} s; peak RSS "
+        f"{human(result.peak_rss_bytes)}, read {human(result.bytes_read)}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -319,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="threads compressing zstd frames in parallel (default: 1)",
     )
+    sp.add_argument(
+        "--no-files",
+        dest="files",
+        action="store_false",
+        help="do not embed the model files beside the weights (tokenizer.json, "
+        "tokenizer_config.json, preprocessor_config.json, generation_config.json, "
+        "special_tokens_map.json, added_tokens.json)",
+    )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_pack)
 
@@ -330,6 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow unpacking a lossy container (its values differ from the source)",
     )
+    sp.add_argument(
+        "--files",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the embedded model files (tokenizer.json, ...) beside the output "
+        "(default: yes)",
+    )
+    sp.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing model file whose content differs from the embedded one",
+    )
     sp.set_defaults(func=cmd_unpack)
 
     sp = sub.add_parser("info", help="describe a container (reads the manifest only)")
@@ -337,49 +410,92 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print everything as one JSON object")
     sp.set_defaults(func=cmd_info)
 
-    sp = sub.add_parser("verify", help="check every chunk's checksum and decode it")
+    sp = sub.add_parser(
+        "verify", help="check every chunk's and embedded file's checksum and decode it"
+    )
     sp.add_argument("src", help="the .wst file")
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser(
         "run",
-        help="run MiniCPM-V on one image slice and a prompt",
-        description="Prefill the prompt (with one image slice) and decode "
-        "greedily. Without --image-bound, query_num placeholder positions are "
-        "prepended to the ids for the image; without an image, the prompt is "
-        "text only and no vision weight is read.",
+        help="ask MiniCPM-V about images, or run it on token ids",
+        description="With --prompt: the whole request as MiniCPM-V's chat() does it "
+        "(image slicing, placeholders, chat template, tokenizer, stop ids); the answer "
+        "streams to stdout. With --input-ids: the low-level form, prefill the ids (with "
+        "one image slice) and decode greedily; without --image-bound, query_num "
+        "placeholder positions are prepended to the ids for the image. Without an image "
+        "no vision weight is read.",
     )
     sp.add_argument("src", help="the .wst file")
-    image = sp.add_mutually_exclusive_group()
-    image.add_argument(
+    sp.add_argument(
         "--image",
         metavar="IMG",
-        help="a PNG/JPEG, resized so its long side is "
-        "at most 448 and both sides are multiples of 14, and normalised",
-    )
-    image.add_argument(
-        "--pixels",
-        metavar="PIX.npy",
-        help="a float32 [3, H, W] array, normalised, H and W multiples of 14",
+        action="append",
+        help="an image file; repeat for several, in order. With --prompt it is sliced as "
+        "the official processor does; with --input-ids it is resized to one slice (long "
+        "side at most 448, sides multiples of 14)",
     )
     sp.add_argument(
+        "--pixels",
+        metavar="PIX.npy",
+        help="(with --input-ids) a float32 [3, H, W] array, normalised, H and W multiples of 14",
+    )
+    text = sp.add_mutually_exclusive_group()
+    text.add_argument("--prompt", metavar="TEXT", help="the question, as the user's message")
+    text.add_argument(
         "--input-ids",
-        required=True,
         metavar="IDS",
         help="token ids: a .npy of integers or a comma list (1,2,3)",
+    )
+    sp.add_argument("--system", metavar="TEXT", help="a system prompt (with --prompt)")
+    sp.add_argument(
+        "--raw-prompt",
+        action="store_true",
+        help="send the prompt without the chat template (images still go before it)",
+    )
+    sp.add_argument(
+        "--max-slice-nums",
+        type=int,
+        metavar="N",
+        help="most slices per image besides the overview (default: the container's "
+        "preprocessor_config.json, 9 for 2.6)",
+    )
+    sp.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="sampling temperature; 0 decodes greedily (default: 0)",
+    )
+    sp.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus, in (0, 1]")
+    sp.add_argument("--top-k", type=int, default=0, metavar="K", help="keep the K best; 0 = off")
+    sp.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="HF's repetition penalty over the generated ids; 1 = off",
+    )
+    sp.add_argument("--seed", type=int, metavar="S", help="seed of the sampler")
+    sp.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STR",
+        help="end the answer before this text (repeatable)",
     )
     sp.add_argument(
         "--image-bound",
         metavar="A:B",
-        help="the half-open span of positions the image embeddings replace; its "
-        "length must be query_num (the ids inside are ignored)",
+        help="(with --input-ids) the half-open span of positions the image embeddings "
+        "replace; its length must be query_num (the ids inside are ignored)",
     )
     sp.add_argument(
         "--max-new-tokens",
         type=int,
-        default=8,
+        default=None,
         metavar="N",
-        help="tokens to generate greedily (default: 8)",
+        help="most tokens to generate (default: 2048 with --prompt, as chat(); 8 with --input-ids)",
     )
     sp.add_argument(
         "--logits-out", metavar="OUT.npy", help="save the prefill logits, float32 [T, vocab]"

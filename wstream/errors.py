@@ -104,15 +104,15 @@ class GroupLayoutError(FormatError):
 
 
 class ChunkChecksumMismatch(FormatError):
-    """A chunk's stored bytes do not match its CRC-32."""
+    """A chunk's (or an embedded file's) stored bytes do not match its CRC-32."""
 
 
 class DecodedSizeMismatch(FormatError):
-    """A chunk decodes to a different number of bytes than its declared raw_nbytes."""
+    """A chunk (or an embedded file) decodes to another number of bytes than its raw_nbytes."""
 
 
 class CorruptChunk(FormatError):
-    """A chunk's codec rejected its bytes."""
+    """A chunk's (or an embedded file's) codec rejected its bytes."""
 
 
 # --- everything else -----------------------------------------------------------------------------
@@ -156,3 +156,71 @@ class BudgetTooSmall(LoaderError, InputError):
 
 class LossyUnpack(InputError):
     """Unpacking a lossy container was asked for without allowing it."""
+
+
+class MissingModelFile(InputError):
+    """A container lacks a file of the source checkpoint that a command needs (tokenizer.json,
+    ...): the checkpoint must be packed again with that file beside its weights."""
+
+
+class BadModelFile(InputError):
+    """A file embedded in a container is not what its use needs (e.g. not strict JSON)."""
+
+
+class OutputExists(InputError):
+    """An output file exists with other content (or is not a regular file): nothing is
+    replaced unless asked (``--force``)."""
+
+
+# --- the real request (wstream/pipeline) ---------------------------------------------------------
+
+
+class ImageFileError(InputError):
+    """An image file is missing, unreadable, truncated, not an image, or of an odd mode."""
+
+
+class ImageTooLarge(ImageFileError):
+    """An image has more pixels than the limit (a bomb guard), or a slice too many patches."""
+
+
+class PreprocessorConfigError(InputError):
+    """A preprocessor_config.json field is missing its type or is outside its allowed range."""
+
+
+class ReservedTokenInPrompt(InputError):
+    """Prompt text contains an image-layout token (``<image>``, ``<slice>``, ...)."""
+
+
+class ImageBoundError(InputError):
+    """Image markers or placeholder spans do not match the images (count, order or span length)."""
+
+
+# --- the text side of a request (tokenizer, chat template, decoding) -----------------------------
+
+
+class TokenizerError(InputError):
+    """The tokenizer files are malformed, disagree with each other, or lack a needed token."""
+
+
+class MissingToken(TokenizerError):
+    """A token the pipeline needs (``<image>``, ``<|im_end|>``, ...) is not in the vocabulary."""
+
+
+class ChatTemplateError(InputError):
+    """The chat template does not compile, or rendering it failed (incl. ``raise_exception``)."""
+
+
+class SandboxViolation(ChatTemplateError):
+    """The chat template tried something the jinja2 sandbox forbids (``__class__``, mutation)."""
+
+
+class GenerationConfigError(InputError):
+    """``generation_config.json`` is malformed or holds a value out of range."""
+
+
+class ContextTooLong(InputError):
+    """The prompt does not fit the model's context (``max_position_embeddings``)."""
+
+
+class BadLogits(WStreamError, ValueError):
+    """The logits handed to a sampler have the wrong shape or no finite value to choose from."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from wstream.container.checkpoint import CheckpointReader, SourceTensor, open_checkpoint
+from wstream.container.model_files import find_model_files, read_model_files
 from wstream.container.writer import ContainerWriter
 from wstream.errors import InputError, SourceError
 from wstream.format import codecs, spec
@@ -107,7 +108,7 @@ class PackReport:
     bytes_out: int  # size of the .wst file
     seconds: float
     lossy: bool
-    manifest: Manifest
+    manifest: Manifest  # its ``files``: the embedded model files (tokenizer.json, ...)
 
     @property
     def ratio(self) -> float:
@@ -296,12 +297,15 @@ def pack(
     max_chunk: int = spec.DEFAULT_MAX_CHUNK,
     threads: int = 1,
     progress: ProgressFn | None = None,
+    files: bool = True,
 ) -> PackReport:
     """Convert a checkpoint (file or sharded directory) into ``dst``.
 
     ``codec`` raw or zstd; ``level`` None picks the measured best (see codecs); ``shuffle``
     groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
-    "keep", "bfloat16", "float16" or "float32" converts floating-point tensors.
+    "keep", "bfloat16", "float16" or "float32" converts floating-point tensors. ``files``
+    embeds the checkpoint's tokenizer, chat template, preprocessor and generation settings found
+    beside the weights (see :mod:`wstream.container.model_files`), after the chunks.
 
     >>> pack("MiniCPM-V-2_6/", "minicpmv26.wst", codec="zstd", shuffle=True)  # doctest: +SKIP
     """
@@ -322,11 +326,15 @@ def pack(
     if threads < 1:
         raise InputError(f"threads: {threads} must be at least 1")
     ckpt = open_checkpoint(src)
+    # Read and checked before any tensor is packed: a bad tokenizer.json fails in a second, not
+    # after the whole checkpoint has been converted.
+    model_paths = find_model_files(src) if files else ()
+    model_files = read_model_files(model_paths)
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
     plans = layout_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
     largest = max((p.raw_nbytes for p in plans), default=0)
     dst = Path(dst)
-    if dst.resolve() in {f.resolve() for f in ckpt.files}:
+    if dst.resolve() in {f.resolve() for f in (*ckpt.files, *model_paths)}:
         raise InputError(f"output: {dst} is one of the source files")
 
     # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
@@ -370,6 +378,8 @@ def pack(
                     pending = io.submit(fill, plans[i + 1], buffers[0], crc=codec == "raw")
                 if progress is not None:
                     progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
+        for model_file in model_files:
+            writer.add_file(model_file.name, model_file.data, zstd=codec == "zstd")
         manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)
     return PackReport(
         tensors=len(manifest.tensors),

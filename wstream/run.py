@@ -217,7 +217,11 @@ def run(
             queries = cfg.resampler.queries
             ids = np.concatenate([np.zeros(queries, dtype=np.int64), ids.astype(np.int64)])
             image_bound = (0, queries)
-        ids = check_inputs(cfg, ids, pixels, image_bound)  # fail before loading any weight
+        if (pixels is None) != (image_bound is None):
+            raise InputError("image_bound: must be given exactly when an image is")
+        slices = [pixels] if pixels is not None else []
+        bounds = [image_bound] if image_bound is not None else []
+        ids = check_inputs(cfg, ids, slices, bounds)  # fail before loading any weight
         loading = time.perf_counter()
         weights = factory(container, budget, prefetch)
         try:

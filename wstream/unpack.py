@@ -3,21 +3,26 @@
 The safetensors header is computed from the manifest first (tensors sorted as the safetensors
 writer sorts them: larger element size first, then name, so each is naturally aligned); then
 every chunk is decoded once and each piece is written at its place. A lossless pack unpacks to
-tensors byte-identical to the source.
+tensors byte-identical to the source. The embedded model files (tokenizer.json, ...) are written
+back beside the safetensors file; an existing file with other content is replaced only when
+asked, and every conflict is found before anything is written.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from wstream.container.atomic import AtomicFile
 from wstream.container.reader import Container
-from wstream.errors import InputError, LossyUnpack
+from wstream.errors import InputError, LossyUnpack, OutputExists
 from wstream.format import chunk as wchunk
+from wstream.format.manifest import FileEntry
 
 
 def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:
@@ -45,38 +50,124 @@ def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:
     return head, {name: len(head) + off for name, off in relative.items()}
 
 
+class FileAction(NamedTuple):
+    """What unpack does with one embedded file: ``write`` (new), ``replace`` (an existing
+    different file, with force) or ``same`` (an identical file is there: left alone)."""
+
+    entry: FileEntry
+    path: Path
+    action: str
+
+
+class UnpackReport(NamedTuple):
+    tensors: int
+    files: tuple[FileAction, ...]
+
+
+def plan_files(c: Container, dst: Path, *, force: bool = False) -> tuple[FileAction, ...]:
+    """Where each embedded file goes (beside ``dst``) and what happens there; raises
+    :class:`~wstream.errors.OutputExists` for a conflict, before anything is written."""
+    out = []
+    for entry in c.files:
+        path = dst.parent / entry.name
+        if path.absolute() == dst.absolute():
+            raise OutputExists(f"output: {dst} has the name of the embedded file {entry.name!r}")
+        try:
+            st = os.stat(path)  # follows a symlink: what a reader of the path would get
+        except FileNotFoundError:
+            st = None
+        if st is None and not os.path.lexists(path):
+            out.append(FileAction(entry, path, "write"))
+            continue
+        if st is None or not stat.S_ISREG(st.st_mode):
+            # A dangling link, a directory, a device or a FIFO (whose read would block): never
+            # replaced, even with force.
+            raise OutputExists(f"{path}: exists and is not a regular file; not replaced")
+        if st.st_size == entry.raw_nbytes and _same_bytes(path, c.read_file(entry.name)):
+            out.append(FileAction(entry, path, "same"))
+        elif force:
+            out.append(FileAction(entry, path, "replace"))
+        else:
+            raise OutputExists(
+                f"{path}: exists with other content than the embedded {entry.name!r}; pass "
+                "--force (force=True) to replace it, or --no-files to skip the files"
+            )
+    return tuple(out)
+
+
+def _same_bytes(path: Path, data: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(data) + 1) == data
+
+
+def write_files(c: Container, actions: tuple[FileAction, ...]) -> None:
+    """Write the planned files, each atomically (a temporary file renamed into place)."""
+    for a in actions:
+        if a.action == "same":
+            continue
+        with AtomicFile(a.path) as out:
+            out.pwrite_all(c.read_file(a.entry.name), 0)
+            out.commit()
+
+
 def unpack(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, allow_lossy: bool = False
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    allow_lossy: bool = False,
+    files: bool = True,
+    force: bool = False,
 ) -> int:
-    """Write ``dst`` (safetensors) from ``src`` (.wst); returns the number of tensors.
+    """Write ``dst`` (safetensors) from ``src`` (.wst), and with ``files`` the embedded model
+    files beside it; returns the number of tensors.
 
     >>> unpack("model.wst", "model.safetensors")            # doctest: +SKIP
     """
+    return unpack_report(src, dst, allow_lossy=allow_lossy, files=files, force=force).tensors
+
+
+def unpack_report(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    allow_lossy: bool = False,
+    files: bool = True,
+    force: bool = False,
+) -> UnpackReport:
+    """:func:`unpack`, telling what was done with each embedded file."""
     with Container(src) as c:
         if c.manifest.lossy and not allow_lossy:
             raise LossyUnpack(
                 f"{src}: this container is lossy (quantized or converted); its values differ "
                 "from the source checkpoint. Pass allow_lossy=True (--dequantize) to unpack anyway"
             )
-        head, offsets = safetensors_header(c)
-        infos = c.manifest.tensors
-        with AtomicFile(Path(dst)) as out:
-            out.pwrite_all(head, 0)
-            total = len(head) + sum(t.nbytes for t in infos.values())
-            os.ftruncate(out.fd, total)
-            for chunk in c.manifest.chunks:
-                data = c.decode(chunk)
-                for e in chunk.tensors:
-                    info = infos[e.name]
-                    row_nbytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
-                    at = offsets[e.name] + (e.rows[0] * row_nbytes if e.rows else 0)
-                    if e.quant is not None:  # dequantized, rounded to nearest even
-                        piece = np.empty(e.piece_shape, e.dtype.numpy)
-                        wchunk.convert_piece(e, data, wchunk.piece_views_of(e, data), piece)
-                    else:
-                        piece = np.ascontiguousarray(data[e.offset : e.offset + e.nbytes])
-                    out.pwrite_all(piece.reshape(-1).view(np.uint8).data, at)
-                del data
-                c.drop_pages(chunk)
-            out.commit()
-        return len(infos)
+        actions = plan_files(c, Path(dst), force=force) if files else ()
+        n = _write_safetensors(c, Path(dst))
+        write_files(c, actions)
+        return UnpackReport(n, actions)
+
+
+def _write_safetensors(c: Container, dst: Path) -> int:
+    """Write the tensors as one safetensors file at ``dst``; the number of tensors."""
+    head, offsets = safetensors_header(c)
+    infos = c.manifest.tensors
+    with AtomicFile(dst) as out:
+        out.pwrite_all(head, 0)
+        total = len(head) + sum(t.nbytes for t in infos.values())
+        os.ftruncate(out.fd, total)
+        for chunk in c.manifest.chunks:
+            data = c.decode(chunk)
+            for e in chunk.tensors:
+                info = infos[e.name]
+                row_nbytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else 0
+                at = offsets[e.name] + (e.rows[0] * row_nbytes if e.rows else 0)
+                if e.quant is not None:  # dequantized, rounded to nearest even
+                    piece = np.empty(e.piece_shape, e.dtype.numpy)
+                    wchunk.convert_piece(e, data, wchunk.piece_views_of(e, data), piece)
+                else:
+                    piece = np.ascontiguousarray(data[e.offset : e.offset + e.nbytes])
+                out.pwrite_all(piece.reshape(-1).view(np.uint8).data, at)
+            del data
+            c.drop_pages(chunk)
+        out.commit()
+    return len(infos)

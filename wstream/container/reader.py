@@ -16,14 +16,17 @@ import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from wstream import errors as E
 from wstream.container.header import read_header
 from wstream.container.scoped import Scoped
 from wstream.container.source import ByteSource, LocalFile
 from wstream.format import chunk as wchunk
-from wstream.format.manifest import ChunkEntry, TensorEntry
+from wstream.format.files import decode_file, parse_json
+from wstream.format.manifest import ChunkEntry, FileEntry, TensorEntry
 
 
 def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
@@ -165,7 +168,8 @@ class Container(Scoped):
                     yield entry.name, out
 
     def verify(self) -> None:
-        """Check every chunk's CRC and decode it fully; raise the first error, naming the chunk."""
+        """Check every chunk's CRC and decode it fully, then every embedded file's; raise the
+        first error, naming the chunk or file."""
         largest = max((c.raw_nbytes for c in self.manifest.chunks), default=0)
         scratch = np.empty(largest, np.uint8)
         for chunk in self.manifest.chunks:
@@ -173,6 +177,46 @@ class Container(Scoped):
                 self.check_crc(chunk)
             else:
                 self.decode_into(chunk, scratch.data[: chunk.raw_nbytes])
+        for entry in self.manifest.files:
+            self._read_file(entry, verify=True)
+
+    # --- embedded files (SPEC.md section 13) ----------------------------------------------------
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        """The embedded files (name, nbytes, raw_nbytes, ...), in manifest order."""
+        return self.manifest.files
+
+    def read_file(self, name: str, *, verify: bool = True) -> bytes:
+        """An embedded file's bytes, CRC-checked and decoded within its declared size.
+
+        Raises :class:`~wstream.errors.MissingModelFile` when the container has no such file."""
+        entry = self.manifest.file(name)
+        if entry is None:
+            held = ", ".join(f.name for f in self.manifest.files) or "none"
+            raise E.MissingModelFile(
+                f"{self.name}: has no embedded {name!r} (it holds: {held}); pack the checkpoint "
+                f"again with {name} beside its weights"
+            )
+        return self._read_file(entry, verify=verify)
+
+    def read_json(self, name: str) -> Any:
+        """An embedded JSON file (tokenizer.json, generation_config.json, ...), parsed strictly:
+        :class:`~wstream.errors.MissingModelFile` when absent, :class:`~wstream.errors.BadModelFile`
+        when it is not strict JSON."""
+        return parse_json(self.read_file(name), f"{self.name}: {name}", E.BadModelFile)
+
+    def _read_file(self, entry: FileEntry, *, verify: bool) -> bytes:
+        mapped = self.source.mapping()
+        if mapped is not None:
+            stored = memoryview(mapped)[entry.offset : entry.offset + entry.nbytes]
+        else:
+            stored = memoryview(bytearray(entry.nbytes))
+            self.source.read_into(entry.offset, stored)
+        try:
+            return decode_file(entry, stored, verify=verify)
+        finally:
+            stored.release()
 
     # --- lifetime -----------------------------------------------------------------------------
 

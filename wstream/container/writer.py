@@ -19,17 +19,20 @@ from wstream import errors as E
 from wstream._version import __version__
 from wstream.container.atomic import AtomicFile
 from wstream.container.scoped import Scoped
-from wstream.format import crc, spec
+from wstream.format import codecs, crc, spec
 from wstream.format.manifest import (
     ChunkEntry,
     CodecStep,
+    FileEntry,
     Manifest,
     TensorEntry,
     build_manifest,
+    check_file_name,
     pack_preamble,
     parse_manifest,
     parse_preamble,
 )
+from wstream.format.spec import CodecId
 
 Buffer = bytes | bytearray | memoryview
 
@@ -53,6 +56,7 @@ class ContainerWriter(Scoped):
         self.state = WriterState.OPEN
         self._chunks: list[ChunkEntry] = []
         self._names: set[str] = set()
+        self._files: list[FileEntry] = []  # after every chunk: the streaming order is the chunks
         self._file = AtomicFile(self.path)
         self._end = spec.DATA_START  # next free byte; the preamble is written last
         try:
@@ -80,6 +84,8 @@ class ContainerWriter(Scoped):
         """Write one chunk's stored bytes (one buffer, or consecutive parts such as zstd frames)
         at the next aligned offset and record it."""
         file = self._guard("add a chunk")
+        if self._files:
+            raise E.WStreamError("cannot add a chunk after a file: files follow the last chunk")
         if name in self._names:
             raise E.DuplicateName(f"chunk name {name!r} is used twice")
         offset = spec.align_up(self._end, spec.CHUNK_ALIGNMENT)
@@ -102,6 +108,41 @@ class ContainerWriter(Scoped):
     def chunks(self) -> tuple[ChunkEntry, ...]:
         return tuple(self._chunks)
 
+    def add_file(self, name: str, data: Buffer, *, zstd: bool = False) -> FileEntry:
+        """Embed a file's bytes (stored raw, or with ``zstd`` as zstd frames) at the next aligned
+        offset after the chunks (SPEC.md section 13). Call it after the last add_chunk."""
+        file = self._guard("add a file")
+        check_file_name(name, "file name")
+        raw_nbytes = memoryview(data).nbytes
+        if raw_nbytes > spec.MAX_FILE_NBYTES:
+            raise E.LimitExceeded(
+                f"file {name!r}: {raw_nbytes} bytes exceed the limit of {spec.MAX_FILE_NBYTES}"
+            )
+        if len(self._files) >= spec.MAX_FILES:
+            raise E.LimitExceeded(f"file {name!r}: a container holds at most {spec.MAX_FILES}")
+        if any(f.name.lower() == name.lower() for f in self._files):
+            raise E.DuplicateName(f"file name {name!r} is used twice (names ignore case)")
+        parts: list[Buffer] = [data]
+        codec: tuple[CodecStep, ...] = ()
+        if zstd:
+            frames, recorded = codecs.encode((CodecStep(CodecId.ZSTD),), data)
+            if sum(memoryview(f).nbytes for f in frames) < raw_nbytes:  # else: stored raw
+                parts, codec = frames, recorded
+        offset = spec.align_up(self._end, spec.CHUNK_ALIGNMENT)
+        nbytes, summed = 0, 0
+        for part in parts:
+            file.pwrite_all(part, offset + nbytes)
+            summed = crc.crc32(part, summed)
+            nbytes += memoryview(part).nbytes
+        entry = FileEntry(name, offset, nbytes, raw_nbytes, summed, codec)
+        self._files.append(entry)
+        self._end = offset + nbytes
+        return entry
+
+    @property
+    def files(self) -> tuple[FileEntry, ...]:
+        return tuple(self._files)
+
     def close(
         self,
         *,
@@ -118,6 +159,7 @@ class ContainerWriter(Scoped):
                 metadata=metadata,
                 lossy=lossy,
                 writer=f"wstream {__version__}",
+                files=tuple(self._files),
             )
             body = manifest.to_json()
             if len(body) > spec.MAX_MANIFEST_NBYTES:

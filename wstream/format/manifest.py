@@ -162,6 +162,28 @@ class ChunkEntry(NamedTuple):
         }
 
 
+class FileEntry(NamedTuple):
+    """A file of the source checkpoint (tokenizer.json, ...) stored as opaque bytes in the chunk
+    data area, after the chunks (SPEC.md section 13)."""
+
+    name: str  # a plain file name (spec.FILE_NAME_PATTERN), unique ignoring ASCII case
+    offset: int  # absolute file offset of the stored bytes, a multiple of CHUNK_ALIGNMENT
+    nbytes: int  # stored size
+    raw_nbytes: int  # decoded size, at most MAX_FILE_NBYTES: bounds the decode
+    crc32: int  # CRC-32 of the stored bytes
+    codec: tuple[CodecStep, ...]  # () or (zstd,)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "offset": self.offset,
+            "nbytes": self.nbytes,
+            "raw_nbytes": self.raw_nbytes,
+            "crc32": self.crc32,
+            "codec": [c.to_json() for c in self.codec],
+        }
+
+
 class TensorInfo(NamedTuple):
     """A whole tensor and where its pieces are: (chunk index, index in that chunk's tensors)."""
 
@@ -184,16 +206,25 @@ class Manifest(NamedTuple):
     # Derived by parse_manifest / build; not serialized.
     tensors: Mapping[str, TensorInfo] = _EMPTY
     chunk_index: Mapping[str, int] = _EMPTY
+    # Serialized (as the OPTIONAL member ``files``) only when there are some, so that a file
+    # without embedded files stays readable by readers that predate the member.
+    files: tuple[FileEntry, ...] = ()
 
     def to_json(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "writer": self.writer,
             "lossy": self.lossy,
             "config": self.config,
             "metadata": dict(self.metadata),
             "chunks": [c.to_json() for c in self.chunks],
         }
+        if self.files:
+            doc["files"] = [f.to_json() for f in self.files]
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+    def file(self, name: str) -> FileEntry | None:
+        """The embedded file called ``name``, or None."""
+        return next((f for f in self.files if f.name == name), None)
 
     def groups(self) -> list[str]:
         """Group names in file order."""
@@ -661,6 +692,7 @@ def build_manifest(
     metadata: Mapping[str, str] | None = None,
     lossy: bool = False,
     writer: str = "",
+    files: tuple[FileEntry, ...] = (),
 ) -> Manifest:
     """Assemble a Manifest from trusted values (the writer's side), with its indexes."""
     return Manifest(
@@ -671,6 +703,7 @@ def build_manifest(
         writer=writer,
         tensors=index_tensors(chunks),
         chunk_index={c.name: i for i, c in enumerate(chunks)},
+        files=files,
     )
 
 
@@ -696,7 +729,7 @@ def parse_manifest(data: bytes, *, data_end: int) -> Manifest:
 
 
 def _parse_document(raw: Any, data_end: int) -> Manifest:
-    doc = _obj(raw, "manifest", {"writer", "lossy", "config", "metadata", "chunks"})
+    doc = _obj(raw, "manifest", {"writer", "lossy", "config", "metadata", "chunks"}, _TOP_OPTIONAL)
     if not isinstance(doc["writer"], str) or len(doc["writer"]) > 256:
         raise E.ManifestSchemaError("writer: expected a string of at most 256 characters")
     if not isinstance(doc["lossy"], bool):
@@ -746,6 +779,86 @@ def _parse_document(raw: Any, data_end: int) -> Manifest:
                 raise E.ManifestSchemaError(
                     f"chunks[{i}]: holds quantized tensors but the manifest says lossy: false"
                 )
+    files = _files(doc["files"], data_end, chunks) if "files" in doc else ()
     return build_manifest(
-        tuple(chunks), config=config, metadata=metadata, lossy=doc["lossy"], writer=doc["writer"]
+        tuple(chunks),
+        config=config,
+        metadata=metadata,
+        lossy=doc["lossy"],
+        writer=doc["writer"],
+        files=files,
     )
+
+
+# --- embedded files (SPEC.md section 13, rules H1-H11) -------------------------------------------
+
+_TOP_OPTIONAL = frozenset({"files"})
+_FILE_KEYS = frozenset({"name", "offset", "nbytes", "raw_nbytes", "crc32", "codec"})
+_FILE_NAME = re.compile(spec.FILE_NAME_PATTERN)
+
+
+def check_file_name(value: Any, where: str) -> str:
+    """A plain file name: safe to create in any directory, on any common filesystem."""
+    if not isinstance(value, str):
+        raise E.ManifestSchemaError(f"{where}: expected a string, got {type(value).__name__}")
+    if _FILE_NAME.fullmatch(value) is None:
+        raise E.ManifestSchemaError(
+            f"{where}: {value[:140]!r} is not a plain file name (1 to 128 ASCII letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit)"
+        )
+    return value
+
+
+def _file(value: Any, where: str, data_end: int) -> FileEntry:
+    f = _obj(value, where, _FILE_KEYS)
+    name = check_file_name(f["name"], f"{where}.name")
+    offset = _int(f["offset"], f"{where}.offset", 0, _U64_MAX)  # the region rules of a chunk
+    if not spec.DATA_START <= offset <= data_end:
+        raise E.OutOfBounds(
+            f"{where}.offset: {offset} is outside the chunk data area "
+            f"[{spec.DATA_START}, {data_end}]"
+        )
+    if offset % spec.CHUNK_ALIGNMENT:
+        raise E.MisalignedOffset(
+            f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}"
+        )
+    nbytes = _int(f["nbytes"], f"{where}.nbytes", 0, _U64_MAX)
+    if offset + nbytes > data_end:
+        raise E.OutOfBounds(
+            f"{where}: bytes [{offset}, {offset + nbytes}) run past the chunk data area, "
+            f"which ends at {data_end}"
+        )
+    raw_nbytes = _int(f["raw_nbytes"], f"{where}.raw_nbytes", 0, spec.MAX_FILE_NBYTES)
+    crc = _int(f["crc32"], f"{where}.crc32", 0, 0xFFFFFFFF)
+    codec = _codec(f["codec"], f"{where}.codec", nbytes, raw_nbytes)
+    if any(step.id is not CodecId.ZSTD for step in codec):
+        raise E.ManifestSchemaError(f"{where}.codec: a file's codec is [] or [zstd]")
+    return FileEntry(name, offset, nbytes, raw_nbytes, crc, codec)
+
+
+def _files(value: Any, data_end: int, chunks: list[ChunkEntry]) -> tuple[FileEntry, ...]:
+    if not isinstance(value, list):
+        raise E.ManifestSchemaError(f"files: expected a list, got {type(value).__name__}")
+    if len(value) > spec.MAX_FILES:
+        raise E.LimitExceeded(f"files: {len(value)} entries exceed {spec.MAX_FILES}")
+    files: list[FileEntry] = []
+    folded: dict[str, str] = {}  # ASCII-lower-cased name -> name: one path on macOS and Windows
+    for i, raw in enumerate(value):
+        entry = _file(raw, f"files[{i}]", data_end)
+        twin = folded.get(entry.name.lower())
+        if twin is not None:
+            raise E.DuplicateName(
+                f"files[{i}].name: {entry.name!r} is used twice"
+                + ("" if twin == entry.name else f" (as {twin!r}; names ignore case)")
+            )
+        folded[entry.name.lower()] = entry.name
+        files.append(entry)
+    # Payloads lie anywhere in the chunk data area, in any order, but share no byte with a chunk
+    # or with each other: a reader never sees one region's bytes as another's.
+    regions = [(c.offset, c.offset + c.nbytes, f"chunk {c.name!r}") for c in chunks if c.nbytes]
+    regions += [(f.offset, f.offset + f.nbytes, f"file {f.name!r}") for f in files if f.nbytes]
+    regions.sort()
+    for (_, end_a, what_a), (start_b, _, what_b) in zip(regions, regions[1:]):
+        if start_b < end_a:
+            raise E.OverlappingRegions(f"files: the bytes of {what_a} and {what_b} overlap")
+    return tuple(files)

@@ -80,14 +80,23 @@ def lm_head(x: np.ndarray, cur: GroupCursor) -> np.ndarray:
 
 
 def forward(
-    x: np.ndarray, cursors: Iterator[GroupCursor], cfg: DecoderConfig, cache: KVCache
+    x: np.ndarray,
+    cursors: Iterator[GroupCursor],
+    cfg: DecoderConfig,
+    cache: KVCache,
+    *,
+    last_only: bool = False,
 ) -> np.ndarray:
     """Input embeddings of the next T positions -> their logits; pulls llm.layer.*, llm.norm and
-    llm.head from ``cursors`` and appends T positions to ``cache``. [T, D] -> [T, vocab]"""
+    llm.head from ``cursors`` and appends T positions to ``cache``. [T, D] -> [T, vocab]
+
+    With ``last_only`` only the last position reaches the norm and the head. -> [1, vocab]"""
     positions = np.arange(cache.length, cache.length + x.shape[0])  # [T]
     rope = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
     for layer in range(cfg.layers):
         x = block(x, next(cursors), cfg, cache, layer, rope)  # [T, D]
     cache.length += x.shape[0]
+    if last_only:
+        x = x[-1:]  # [1, D]
     x = rms_norm(x, next(cursors), "weight", cfg.eps)  # llm.norm  [T, D]
     return lm_head(x, next(cursors))  # [T, vocab]

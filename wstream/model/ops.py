@@ -11,6 +11,7 @@ largest temporaries are overwritten rather than copied. Work is split across cor
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -208,3 +209,10 @@ def navit_position_ids(h: int, w: int, grid: int) -> np.ndarray:
 
     ids: np.ndarray = buckets(h)[:, None] * grid + buckets(w)[None, :]  # [h, w]
     return ids.reshape(-1).astype(np.int64)
+
+
+def spans_of(lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, stop) of consecutive segments (slices stacked along the rows):
+    [3, 5, 2] -> [(0, 3), (3, 8), (8, 10)]"""
+    ends = np.cumsum([0, *lengths]).tolist()
+    return list(zip(ends[:-1], ends[1:]))

@@ -10,11 +10,13 @@ to the projected vision features, with a 2D sin-cos position embedding added to 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from wstream.model.blockwise import layer_norm, linear, matmul_in_rows, read_rows
 from wstream.model.config import ResamplerConfig
-from wstream.model.ops import attention, merge_heads, sincos_2d, split_heads
+from wstream.model.ops import attention, merge_heads, sincos_2d, spans_of, split_heads
 from wstream.model.weights import GroupCursor
 
 
@@ -37,19 +39,31 @@ def in_proj(
 
 
 def resample(
-    x: np.ndarray, grid: tuple[int, int], cur: GroupCursor, cfg: ResamplerConfig
-) -> np.ndarray:
-    """Vision features of an h x w patch grid -> ``queries`` tokens. [h*w, kv_dim] -> [Q, D]"""
-    h, w = grid
+    feats: Sequence[np.ndarray],
+    grids: Sequence[tuple[int, int]],
+    cur: GroupCursor,
+    cfg: ResamplerConfig,
+) -> list[np.ndarray]:
+    """Every slice's vision features -> ``queries`` tokens each, in one pass over the weights.
+
+    Slice i has an h_i x w_i patch grid (its ``tgt_size``) and its own 2D sin-cos positions; the
+    learned queries attend to that slice's keys only (the official code pads the slices to one
+    length with a key padding mask: the same arithmetic). [h_i*w_i, kv_dim] each -> [Q, D] each
+    """
+    spans = spans_of([h * w for h, w in grids])
+    x = np.concatenate(feats) if len(feats) > 1 else feats[0]  # [L, kv_dim]
     kv = linear(x, cur, "kv_proj.weight")  # [L, kv_dim] -> [L, D]
     kv = layer_norm(kv, cur, "ln_kv.", cfg.eps)  # [L, D]
     query = read_rows(cur, "query")  # copied: ln_q's weights arrive after it  [Q, D]
     q = layer_norm(query, cur, "ln_q.", cfg.eps)  # [Q, D]
-    pos = sincos_2d(h, w, cfg.dim)  # [L, D]
+    pos = np.concatenate([sincos_2d(h, w, cfg.dim) for h, w in grids])  # [L, D]
     qp, kp, vp = in_proj((q, kv + pos, kv), cur, cfg.dim)  # [Q, D], [L, D], [L, D]
-    o = attention(
-        split_heads(qp, cfg.heads), split_heads(kp, cfg.heads), split_heads(vp, cfg.heads)
-    )  # [heads, Q, 128]
-    o = linear(merge_heads(o), cur, "attn.out_proj.weight", "attn.out_proj.bias")  # [Q, D]
-    o = layer_norm(o, cur, "ln_post.", cfg.eps)  # [Q, D]
-    return matmul_in_rows(o, cur, "proj")  # [Q, D] @ [D, D] -> [Q, D]
+    qh = split_heads(qp, cfg.heads)  # [heads, Q, 128]
+    kh, vh = split_heads(kp, cfg.heads), split_heads(vp, cfg.heads)  # [heads, L, 128]
+    o = np.concatenate(
+        [merge_heads(attention(qh, kh[:, a:b], vh[:, a:b])) for a, b in spans]
+    )  # [n*Q, D]: slice i's tokens at rows [i*Q, (i+1)*Q)
+    o = linear(o, cur, "attn.out_proj.weight", "attn.out_proj.bias")  # [n*Q, D]
+    o = layer_norm(o, cur, "ln_post.", cfg.eps)  # [n*Q, D]
+    out = matmul_in_rows(o, cur, "proj")  # [n*Q, D] @ [D, D] -> [n*Q, D]
+    return [out[i * cfg.queries : (i + 1) * cfg.queries] for i in range(len(grids))]

@@ -1,4 +1,4 @@
-"""MiniCPM-V 2.6 end to end: one image slice -> vision -> resampler -> Qwen2, then greedy decode.
+"""MiniCPM-V 2.6 end to end: image slices -> vision -> resampler -> Qwen2, then decode.
 
 Weights come only through a :class:`WeightSource`, in execution order:
 
@@ -9,13 +9,15 @@ Weights come only through a :class:`WeightSource`, in execution order:
   the LLM, marked ``repeat`` so a streaming source may keep a fixed part resident.
 
 So a source sees, per walk, chunks in file order only, and no vision or resampler chunk at all
-without an image. The image's resampler outputs replace the embeddings at ``image_bound``.
+without an image. Every slice (of every image) goes through the vision tower and the resampler
+together, in one pass over their weights; slice i's resampler output replaces the embeddings at
+``image_bounds[i]``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -54,41 +56,53 @@ class _Lap:
 def check_inputs(
     cfg: VLMConfig,
     input_ids: Sequence[int] | np.ndarray,
-    pixels: np.ndarray | None,
-    image_bound: tuple[int, int] | None,
+    slices: Sequence[np.ndarray],
+    image_bounds: Sequence[tuple[int, int]],
 ) -> np.ndarray:
-    """Validate a request; returns the ids as int64 [T]. Every problem is an InputError."""
+    """Validate a request; returns the ids as int64 [T]. Every problem is an InputError.
+
+    ``slices`` are normalised float32 [3, H, W] arrays (H, W multiples of the patch), one per
+    span of ``image_bounds``: ordered, disjoint, each exactly ``query_num`` positions long.
+    """
     ids = np.asarray(input_ids)
     if ids.ndim != 1 or ids.size == 0:
         raise InputError(f"input_ids: shape {ids.shape}, expected a non-empty 1-D sequence")
     if ids.dtype.kind not in "iu":
         raise InputError(f"input_ids: dtype {ids.dtype}, expected integers")
+    if ids.dtype.kind == "u" and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"input_ids: id {int(ids.max())} is outside the vocabulary")
     ids = ids.astype(np.int64)
-    text = np.ones(len(ids), dtype=bool)  # [T] positions that keep their token embedding
-    if (pixels is None) != (image_bound is None):
-        raise InputError("image_bound: must be given exactly when an image is")
-    if pixels is not None and image_bound is not None:
-        patch, queries = cfg.vision.patch, cfg.resampler.queries
+    if len(slices) != len(image_bounds):
+        raise InputError(
+            f"image_bound: {len(image_bounds)} spans for {len(slices)} image slices; "
+            "there must be one span per slice"
+        )
+    patch, queries = cfg.vision.patch, cfg.resampler.queries
+    for n, pixels in enumerate(slices):
+        where = "pixels" if len(slices) == 1 else f"pixels[{n}]"
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.float32:
             raise InputError(
-                f"pixels: dtype {getattr(pixels, 'dtype', type(pixels))}, expected float32"
+                f"{where}: dtype {getattr(pixels, 'dtype', type(pixels))}, expected float32"
             )
         if pixels.ndim != 3 or pixels.shape[0] != 3:
-            raise InputError(f"pixels: shape {pixels.shape}, expected [3, H, W]")
+            raise InputError(f"{where}: shape {pixels.shape}, expected [3, H, W]")
         height, width = pixels.shape[1:]
         if height < patch or width < patch or height % patch or width % patch:
             raise InputError(
-                f"pixels: H x W = {height} x {width}; both must be positive multiples of {patch}"
+                f"{where}: H x W = {height} x {width}; both must be positive multiples of {patch}"
             )
         if not np.isfinite(pixels).all():
-            raise InputError("pixels: contains NaN or infinity")
-        a, b = image_bound
-        if not 0 <= a < b <= len(ids) or b - a != queries:
+            raise InputError(f"{where}: contains NaN or infinity")
+    text = np.ones(len(ids), dtype=bool)  # [T] positions that keep their token embedding
+    previous = 0
+    for a, b in image_bounds:
+        if not previous <= a < b <= len(ids) or b - a != queries:
             raise InputError(
-                f"image_bound: {a}:{b} must be a span of exactly {queries} "
-                f"(query_num) positions inside the {len(ids)} input ids"
+                f"image_bound: {a}:{b} must be a span of exactly {queries} (query_num) "
+                f"positions inside the {len(ids)} input ids, after the previous span"
             )
         text[a:b] = False
+        previous = b
     bad = (ids < 0) | (ids >= cfg.decoder.vocab)
     if (bad & text).any():
         first = int(ids[bad & text][0])
@@ -136,28 +150,91 @@ def chunks_holding(source: WeightSource, group: str, rows: np.ndarray) -> list[s
     return out
 
 
+NextToken = Callable[[Sequence[int], np.ndarray], int]  # (ids so far, logits [vocab]) -> id
+OnToken = Callable[[int], bool]  # called with each new id; True stops the decode
+
+
+def greedy(ids: Sequence[int], logits: np.ndarray) -> int:
+    """The default choice: the most likely token (the first one on ties, as torch.argmax)."""
+    return int(np.argmax(logits))
+
+
 def generate(
     source: WeightSource,
     input_ids: Sequence[int] | np.ndarray,
     *,
     pixels: np.ndarray | None = None,
     image_bound: tuple[int, int] | None = None,
+    slices: Sequence[np.ndarray] = (),
+    image_bounds: Sequence[tuple[int, int]] = (),
     max_new_tokens: int = 0,
+    next_token: NextToken = greedy,
+    on_token: OnToken | None = None,
+    keep_logits: bool = True,
 ) -> Generation:
-    """Prefill ``input_ids`` (with one image slice at ``image_bound``) and decode greedily.
+    """Prefill ``input_ids`` (image slices at their spans), then decode up to ``max_new_tokens``.
+
+    One slice can be given as ``pixels`` + ``image_bound``, several as ``slices`` +
+    ``image_bounds`` (one span each, in order). ``next_token`` picks each new id (greedy by
+    default; a sampler otherwise); ``on_token`` sees each new id as soon as it is chosen and
+    returns True to stop there (an eos id, a stop string). With ``keep_logits`` False only the
+    last prefill position goes through the head and no step logits are kept (a long prompt's
+    [T, vocab] logits are hundreds of MB at 2.6's vocabulary).
 
     >>> generate(EagerWeights(open_container("m.wst")), ids, pixels=px,  # doctest: +SKIP
     ...          image_bound=(1, 65), max_new_tokens=8).tokens
     [151, 2208, 11, ...]
     """
+    steps = generate_tokens(
+        source,
+        input_ids,
+        pixels=pixels,
+        image_bound=image_bound,
+        slices=slices,
+        image_bounds=image_bounds,
+        max_new_tokens=max_new_tokens,
+        next_token=next_token,
+        keep_logits=keep_logits,
+    )
+    try:
+        token = next(steps)
+        while True:
+            token = steps.send(on_token is not None and on_token(token))
+    except StopIteration as done:
+        result: Generation = done.value
+        return result
+
+
+def generate_tokens(
+    source: WeightSource,
+    input_ids: Sequence[int] | np.ndarray,
+    *,
+    pixels: np.ndarray | None = None,
+    image_bound: tuple[int, int] | None = None,
+    slices: Sequence[np.ndarray] = (),
+    image_bounds: Sequence[tuple[int, int]] = (),
+    max_new_tokens: int = 0,
+    next_token: NextToken = greedy,
+    keep_logits: bool = True,
+) -> Generator[int, bool | None, Generation]:
+    """:func:`generate` as a generator: yields each new id as soon as it is chosen; sending
+    True stops the decode there. Returns the :class:`Generation` (``StopIteration.value``).
+
+    The caller streams the answer between tokens (the CLI prints each piece of text at once)."""
     cfg = from_hf(source.config)
-    ids = check_inputs(cfg, input_ids, pixels, image_bound)
+    if (pixels is None) != (image_bound is None):
+        raise InputError("image_bound: must be given exactly when an image is")
+    if pixels is not None and image_bound is not None:
+        if slices or image_bounds:
+            raise InputError("pixels and slices: give one slice or a list of them, not both")
+        slices, image_bounds = [pixels], [image_bound]
+    ids = check_inputs(cfg, input_ids, slices, image_bounds)
     if type(max_new_tokens) is not int or max_new_tokens < 0:
         raise InputError(f"max_new_tokens: {max_new_tokens!r} must be a non-negative integer")
     plans = check_weights(source, cfg)
     text = np.ones(len(ids), dtype=bool)  # [T]
-    if image_bound is not None:
-        text[image_bound[0] : image_bound[1]] = False
+    for a, b in image_bounds:
+        text[a:b] = False
 
     def group(name: str, subset: list[str] | None = None) -> tuple[str, str, list[str] | None]:
         return name, plans[name].prefix, subset
@@ -165,7 +242,7 @@ def generate(
     llm_rest = [group(f"llm.layer.{i}") for i in range(cfg.decoder.layers)]
     llm_rest += [group("llm.norm"), group("llm.head")]
     prefill = []
-    if pixels is not None:
+    if slices:
         prefill += [group("vision.embed")]
         prefill += [group(f"vision.layer.{i}") for i in range(cfg.vision.layers)]
         prefill += [group("vision.post_norm"), group("resampler")]
@@ -176,27 +253,37 @@ def generate(
     lap = _Lap()
     with closing(walk(source, prefill)) as cursors:
         x = np.zeros((len(ids), cfg.decoder.hidden), dtype=np.float32)  # [T, D]
-        if pixels is not None and image_bound is not None:
-            feats = vision.encode(pixels, cursors, cfg.vision)  # [h*w, d_v]
+        if slices:
+            feats = vision.encode(slices, cursors, cfg.vision)  # per slice [h*w, d_v]
             timings["vision"] = lap()
-            grid = (pixels.shape[1] // cfg.vision.patch, pixels.shape[2] // cfg.vision.patch)
-            image = resampler.resample(feats, grid, next(cursors), cfg.resampler)  # [Q, D]
+            patch = cfg.vision.patch
+            grids = [(px.shape[1] // patch, px.shape[2] // patch) for px in slices]
+            images = resampler.resample(feats, grids, next(cursors), cfg.resampler)  # [Q, D] each
             timings["resampler"] = lap()
-            x[image_bound[0] : image_bound[1]] = image
+            for (a, b), image in zip(image_bounds, images):
+                x[a:b] = image
         x[text] = decoder.embed(ids[text], next(cursors), cfg.decoder)  # [T_text, D]
-        logits = decoder.forward(x, cursors, cfg.decoder, cache)  # [T, vocab]
+        logits = decoder.forward(x, cursors, cfg.decoder, cache, last_only=not keep_logits)
     timings["prefill"] = lap()
 
-    tokens = [int(np.argmax(logits[-1]))] if max_new_tokens else []
+    history = ids.tolist()
+    tokens: list[int] = []
     steps = []
+    row = logits[-1]  # [vocab]
     while len(tokens) < max_new_tokens:
-        token = np.array(tokens[-1:], dtype=np.int64)  # [1]
-        walk_plan = [group("llm.embed", chunks_holding(source, "llm.embed", token))] + llm_rest
+        token = next_token(history, row)
+        tokens.append(token)
+        history.append(token)
+        stop = yield token
+        if stop or len(tokens) == max_new_tokens:
+            break
+        step_ids = np.array([token], dtype=np.int64)  # [1]
+        walk_plan = [group("llm.embed", chunks_holding(source, "llm.embed", step_ids))] + llm_rest
         with closing(walk(source, walk_plan, repeat=True)) as cursors:
-            x = decoder.embed(token, next(cursors), cfg.decoder)  # [1, D]
-            step = decoder.forward(x, cursors, cfg.decoder, cache)  # [1, vocab]
-        steps.append(step[-1])
-        tokens.append(int(np.argmax(step[-1])))
+            x = decoder.embed(step_ids, next(cursors), cfg.decoder)  # [1, D]
+            row = decoder.forward(x, cursors, cfg.decoder, cache)[-1]  # [vocab]
+        if keep_logits:
+            steps.append(row)
     timings["decode"] = lap()
     step_logits = np.stack(steps) if steps else np.zeros((0, cfg.decoder.vocab), np.float32)
     return Generation(logits, tokens, step_logits, timings)
