@@ -21,7 +21,7 @@ from PIL import Image
 
 from wstream.model.config import from_hf, tensor_shapes
 from wstream.pack import pack
-from wstream.reader import open_container
+from wstream import open_container
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "wstream" / "data" / "minicpmv-tiny"
