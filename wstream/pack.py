@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from wstream.container.checkpoint import CheckpointReader, SourceTensor, open_checkpoint
+from wstream.container.paths import check_output
+from wstream.container.snapshot import check_unchanged
 from wstream.container.writer import ContainerWriter, align_up
 from wstream.errors import InputError, SourceError
 from wstream.format import codecs, spec
@@ -325,9 +326,7 @@ def pack(
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
     plans = plan_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
     largest = max((p.raw_nbytes for p in plans), default=0)
-    dst = Path(dst)
-    if dst.resolve() in {f.resolve() for f in ckpt.files}:
-        raise InputError(f"output: {dst} is one of the source files")
+    dst = check_output(dst, [*ckpt.files, *ckpt.others])
 
     # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
     # written. Compressing is ~10x slower than reading, so for zstd the second buffer would buy
@@ -370,6 +369,7 @@ def pack(
                     pending = io.submit(fill, plans[i + 1], buffers[0], crc=codec == "raw")
                 if progress is not None:
                     progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
+        check_unchanged(ckpt.stamps)  # a shard rewritten while read: publish nothing
         manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)
     return PackReport(
         tensors=len(manifest.tensors),

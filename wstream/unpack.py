@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from wstream.container.atomic import AtomicFile
+from wstream.container.paths import check_output
 from wstream.container.reader import Container
 from wstream.errors import InputError, LossyUnpack
 from wstream.format import chunk as wchunk
@@ -53,6 +54,7 @@ def unpack(
     >>> unpack("model.wst", "model.safetensors")            # doctest: +SKIP
     """
     with Container(src) as c:
+        dst = check_output(dst, [c.name])
         if c.manifest.lossy and not allow_lossy:
             raise LossyUnpack(
                 f"{src}: this container is lossy (quantized or converted); its values differ "
@@ -63,7 +65,7 @@ def unpack(
         with AtomicFile(Path(dst)) as out:
             out.pwrite_all(head, 0)
             total = len(head) + sum(t.nbytes for t in infos.values())
-            os.ftruncate(out.fd, total)
+            out.truncate(total)
             for chunk in c.manifest.chunks:
                 data = c.decode(chunk)
                 for e in chunk.tensors:

@@ -35,16 +35,22 @@ def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
 class Container:
     """A validated, open .wst container.
 
-    ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`) or any
-    :class:`~wstream.container.source.ByteSource`, which the container then owns and closes.
+    ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`, mapped only
+    with ``mapped=True``) or any :class:`~wstream.container.source.ByteSource`, which the
+    container then owns and closes. After :meth:`close` every read raises
+    :class:`~wstream.errors.ContainerClosed`.
 
     >>> with Container("model.wst") as c:                   # doctest: +SKIP
     ...     w = c.tensor("llm.lm_head.weight")
     """
 
-    def __init__(self, source: str | os.PathLike[str] | ByteSource) -> None:
+    def __init__(
+        self, source: str | os.PathLike[str] | ByteSource, *, mapped: bool = False
+    ) -> None:
+        # ``mapped``: a path is read through a shared map (zero-copy, but a truncation by another
+        # process is SIGBUS); by default through pread (see LocalFile).
         self.source: ByteSource = (
-            LocalFile(source) if isinstance(source, (str, os.PathLike)) else source
+            LocalFile(source, mapped=mapped) if isinstance(source, (str, os.PathLike)) else source
         )
         try:
             self.preamble, self.manifest = read_header(self.source)

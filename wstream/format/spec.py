@@ -140,3 +140,17 @@ MAX_PIPELINE_STEPS = 2  # [bytegroup], [zstd] or [bytegroup, zstd]
 BYTEGROUP_SIZES = (2, 4, 8)
 MAX_FRAMES_PER_CHUNK = 1 << 16
 MAX_QUANT_GROUP = 1 << 20
+
+
+def shape_extent(shape: tuple[int, ...] | list[int], itemsize: int) -> int:
+    """Bytes of a tensor of ``shape`` with every zero dimension counted as 1: the bound on its
+    dimensions (SPEC.md 2.2). A tensor with no elements can still not declare ``[0, 2^40,
+    2^40]``, which no array library can even describe (numpy: "array is too big")."""
+    extent = itemsize
+    for d in shape:
+        extent *= max(d, 1)
+    return extent
+
+
+def shape_extent_ok(shape: tuple[int, ...] | list[int], itemsize: int) -> bool:
+    return shape_extent(shape, itemsize) <= MAX_TENSOR_NBYTES
