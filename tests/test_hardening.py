@@ -520,3 +520,25 @@ def test_depth_is_checked_before_surrogates() -> None:
     text = json.dumps(doc)  # ensure_ascii: the lone surrogate as a \\ud800 escape
     with pytest.raises(E.LimitExceeded, match="depth"):
         parse_manifest(text.encode("ascii"), data_end=1 << 20)
+
+
+# --- manifests that are slow to open --------------------------------------------------------------
+
+
+def test_the_chunk_count_limit_is_tight_enough(
+    tiny_checkpoint: tuple[Path, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The red team's 560k empty chunks (59 MiB) were valid and took 12 s to open. The limits now
+    # bound an open to about a second (~20 us a chunk); such a file is refused before the parse.
+    assert spec.MAX_CHUNKS == 1 << 16 and spec.MAX_MANIFEST_NBYTES == 16 << 20
+    empty = {"name": "c", "group": "g", "offset": 4096, "nbytes": 0, "raw_nbytes": 0}
+    chunks = [{**empty, "name": f"c{i}", "crc32": 0, "codec": [], "tensors": []} for i in range(2)]
+    body = manifest_bytes(manifest_doc(chunks * ((spec.MAX_CHUNKS + 2) // 2)))
+    with pytest.raises(E.LimitExceeded, match="entries exceed 65536"):
+        parse_manifest(body, data_end=4096)
+    # pack refuses a layout with too many chunks before it writes any.
+    src, _ = tiny_checkpoint
+    monkeypatch.setattr(spec, "MAX_CHUNKS", 2)
+    with pytest.raises(E.InputError, match="raise --max-chunk"):
+        pack(src, tmp_path / "m.wst")
+    assert not (tmp_path / "m.wst").exists()

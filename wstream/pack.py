@@ -325,6 +325,11 @@ def pack(
     ckpt = open_checkpoint(src)
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
     plans = plan_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
+    if len(plans) > spec.MAX_CHUNKS:  # refused now, not after writing them all
+        raise InputError(
+            f"max_chunk: {max_chunk} bytes gives {len(plans)} chunks, more than the format's "
+            f"{spec.MAX_CHUNKS}; raise --max-chunk"
+        )
     largest = max((p.raw_nbytes for p in plans), default=0)
     dst = check_output(dst, [*ckpt.files, *ckpt.others])
 

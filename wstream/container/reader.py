@@ -87,7 +87,9 @@ class Container:
         mapped = self.source.mapping()
         if mapped is not None:
             return memoryview(mapped)[chunk.offset : chunk.offset + chunk.nbytes]
-        out = memoryview(bytearray(chunk.nbytes))
+        # numpy asks the kernel for huge pages for large arrays: reading 32 MiB into a fresh
+        # np.empty measured 3-5x faster than into a bytearray (4 KiB page faults).
+        out = np.empty(chunk.nbytes, np.uint8).data
         self.source.read_into(chunk.offset, out)
         return out
 
@@ -148,10 +150,32 @@ class Container:
         except KeyError:
             raise KeyError(f"no tensor named {name!r} in {self.name}") from None
         out = np.empty(info.shape, info.dtype.numpy)
+        decoded: tuple[int, np.ndarray] | None = None  # parts in one chunk are consecutive
         for ci, ti in info.parts:
             chunk = self.manifest.chunks[ci]
-            _place(out, chunk.tensors[ti], self.decode(chunk, verify=verify))
+            if self._read_piece_into(out, chunk, chunk.tensors[ti], verify):
+                continue
+            if decoded is None or decoded[0] != ci:  # each chunk read (and checked) once
+                decoded = (ci, self.decode(chunk, verify=verify))
+            _place(out, chunk.tensors[ti], decoded[1])
         return out
+
+    def _read_piece_into(
+        self, out: np.ndarray, chunk: ChunkEntry, entry: TensorEntry, verify: bool
+    ) -> bool:
+        """Read a raw chunk that is exactly one stored piece straight into its rows of ``out``
+        (one copy, no temporary) when the source has no map; False if that does not apply."""
+        if not chunk.is_raw or entry.quant is not None or len(chunk.tensors) != 1:
+            return False
+        if entry.offset != 0 or entry.nbytes != chunk.nbytes or self.source.mapping() is not None:
+            return False
+        flat = out.reshape(-1).view(np.uint8)
+        start = entry.rows[0] * (flat.nbytes // out.shape[0]) if entry.rows else 0
+        dst = flat[start : start + chunk.nbytes].data
+        self.source.read_into(chunk.offset, dst)
+        if verify:
+            wchunk.check_crc(chunk, dst)
+        return True
 
     def tensors(self, *, verify: bool = True) -> Iterator[tuple[str, np.ndarray]]:
         """(name, array) for every tensor as it completes, decoding each chunk once."""
