@@ -385,7 +385,7 @@ def test_deeply_nested_config_is_a_source_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     src, _ = tiny_checkpoint
-    (src.parent / "config.json").write_text("[" * depth + "]" * depth)
+    (src.parent / "config.json").write_text('{"a": ' * depth + "1" + "}" * depth)  # an object
     with pytest.raises(E.SourceError, match=r"config\.json"):
         open_checkpoint(src)
     assert main(["pack", str(src), "-o", str(tmp_path / "m.wst")]) == 1
