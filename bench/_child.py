@@ -8,8 +8,13 @@ Started by :func:`_measure.run_child`; not meant to be run by hand (but it can b
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+
+# What the `wstream` command sets for its own process before numpy loads (wstream.cli.entry):
+# every task measures wstream as `wstream run` runs it. An explicit setting wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 STARTED = time.perf_counter()
 

@@ -40,7 +40,7 @@ import ml_dtypes  # noqa: E402, F401  (registers bfloat16 for safetensors and mm
 import numpy as np  # noqa: E402
 
 from wstream.format.chunk import float32_copy as widen  # noqa: E402
-from wstream.model.schedule import GroupPlan, execution_order  # noqa: E402
+from wstream.model.schedule import ScheduledGroup, execution_order  # noqa: E402
 from wstream.stream.pieces import LoadedChunk, Piece, WeightSource  # noqa: E402
 
 # --- sources: one chunk per group -----------------------------------------------------------------
@@ -69,7 +69,7 @@ class GroupSource:
         self,
         config: Mapping[str, Any],
         shapes: Mapping[str, tuple[int, ...]],
-        plans: Sequence[GroupPlan] | None = None,
+        plans: Sequence[ScheduledGroup] | None = None,
     ) -> None:
         """``plans``: the groups, when ``shapes`` is not a whole checkpoint (execution_order
         gives a partial one its generic order)."""
@@ -120,7 +120,7 @@ class DictWeights(GroupSource):
         self,
         config: Mapping[str, Any],
         arrays: dict[str, np.ndarray],
-        plans: Sequence[GroupPlan] | None = None,
+        plans: Sequence[ScheduledGroup] | None = None,
     ) -> None:
         super().__init__(config, {n: a.shape for n, a in arrays.items()}, plans)
         self.arrays = arrays

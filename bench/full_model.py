@@ -41,7 +41,8 @@ GiB = 1 << 30
 
 _VISION_CHILD = r"""
 import json, sys, time
-import wstream  # first, as `wstream run` does: it configures OpenBLAS before numpy loads it
+import os
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")  # as the `wstream` command does, before numpy loads
 import numpy as np
 from wstream.stream.loader import StreamingLoader
 from wstream.stream.plan import Widen

@@ -306,6 +306,15 @@ def test_unpack_of_a_lossy_container_needs_dequantize(
     assert set(back) == set(tensors)
     for name, a in tensors.items():  # dtype and shape kept; values approximately
         assert (back[name].dtype, back[name].shape) == (a.dtype, a.shape)
+        if name != "layers.0.w":  # the only 2-d float matrix, so the only tensor quantized
+            assert back[name].tobytes() == a.tobytes(), name
+            continue
+        # INT8, one scale per row (8 columns < the group of 128): each value within half its
+        # row's scale, plus half an f16 ulp for rounding the dequantized value back to f16.
+        w, got = a.astype(np.float64), back[name].astype(np.float64)
+        scale = np.abs(w).max(axis=1, keepdims=True) / 127
+        assert np.all(np.abs(got - w) <= scale / 2 + np.abs(w) * 2.0**-11 + 1e-12)
+        assert not np.array_equal(got, w)  # it really went through INT8
 
 
 def test_missing_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -107,6 +107,17 @@ def test_int8_error_is_at_most_half_a_scale(
     per_elem = np.repeat(s.astype(np.float64), group, axis=1)[:, :cols]
     exact = q.astype(np.float64) * per_elem  # exact: 8-bit x 24-bit fits a double
     assert np.all(np.abs(exact - w.astype(np.float64)) <= per_elem / 2)
+    # Each group's own scale, max|w| / 127 (1 for an all-zero group): not one per row, and not
+    # larger than it must be (an oversized scale also keeps the error under half of itself).
+    g = n_groups(cols, group)
+    padded = np.zeros((rows, g * group), np.float64)
+    padded[:, :cols] = np.abs(w.astype(np.float64))
+    gmax = padded.reshape(rows, g, group).max(axis=2)  # [rows, g]
+    want = np.where(gmax == 0, 1.0, gmax / 127)
+    assert np.allclose(s, want, rtol=2.0**-22, atol=0)
+    qpad = np.zeros((rows, g * group), np.int16)
+    qpad[:, :cols] = np.abs(q.astype(np.int16))
+    assert np.all(qpad.reshape(rows, g, group).max(axis=2)[gmax > 0] == 127)
 
 
 def test_quantizable_selects_linear_matrices_only() -> None:
@@ -147,10 +158,26 @@ def test_int8_pack_is_lossy_bounded_and_unpack_needs_consent(tmp_path: Path) -> 
                 assert got.tobytes() == ref.tobytes()
                 continue
             w = ref.astype(np.float32)
-            bound = np.abs(w).reshape(w.shape[0], -1).max(axis=1, keepdims=True) / 127
+            rows, cols = w.shape
+            g = n_groups(cols, 128)  # pack's default group
+            padded = np.zeros((rows, g * 128), np.float32)
+            padded[:, :cols] = np.abs(w)
+            gmax = padded.reshape(rows, g, 128).max(axis=2)  # [rows, g]: per group, not per row
+            bound = np.repeat(gmax / 127, 128, axis=1)[:, :cols]
             # Rounding the dequantized value back to bf16 adds at most half a bf16 ulp.
             ulp = np.abs(w) * (2.0**-8 if ref.dtype != np.float32 else 0)
             assert np.all(np.abs(got.astype(np.float32) - w) <= bound / 2 + ulp + 1e-12)
+            # The stored scales are exactly those: one per group of 128, max|w| / 127.
+            for ci, ti in c.manifest.tensors[name].parts:
+                chunk = c.manifest.chunks[ci]
+                entry = chunk.tensors[ti]
+                assert entry.quant is not None and entry.quant.group == 128
+                data = c.decode(chunk)
+                at = entry.quant.scales
+                scales = data[at : at + entry.scales_nbytes].view(np.float32)
+                start, stop = entry.rows or (0, rows)
+                scales = scales.reshape(stop - start, g)
+                assert np.allclose(scales, gmax[start:stop] / 127, rtol=2.0**-22, atol=0)
     with pytest.raises(LossyUnpack, match="lossy"):
         unpack(out, tmp_path / "u.safetensors")
     assert not (tmp_path / "u.safetensors").exists()
@@ -187,3 +214,17 @@ def test_dtype_conversion_is_lossy_only_when_bits_are_dropped(tmp_path: Path) ->
         dtype="float32",
     )
     assert widened.lossy is False
+
+
+def test_each_codec_class_round_trips_alone_and_names_its_manifest_fields() -> None:
+    data = np.arange(4096, dtype=np.uint16).tobytes() + b"tail!"
+    for cid, cls in codecs.REGISTRY.items():
+        assert cls.id is cid
+        assert set(cls.fields) <= set(CodecStep._fields) - {"id"}
+        step = CodecStep(cid, size=2) if cid is CodecId.BYTEGROUP else CodecStep(cid, level=3)
+        codec = cls(step)
+        stored = codec.encode(data)
+        out = bytearray(len(data))
+        codec.decode_into(stored, memoryview(out))
+        assert bytes(out) == data, cid
+    assert set(codecs.REGISTRY) == set(CodecId)  # every codec the format names has a class

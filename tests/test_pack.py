@@ -23,6 +23,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from wst_testing import assert_same_tensors, same_tensor, write_checkpoint
 
+from wstream import open_container
 from wstream.container.checkpoint import SourceTensor
 from wstream.container.reader import Container
 from wstream.container.writer import ContainerWriter
@@ -30,7 +31,7 @@ from wstream.errors import InputError, SourceError
 from wstream.format import spec
 from wstream.format.spec import DType
 from wstream.model import schedule
-from wstream.pack import pack, plan_chunks
+from wstream.pack import layout_chunks, pack
 
 pack_module = importlib.import_module("wstream.pack")  # wstream.pack is the function
 
@@ -177,19 +178,62 @@ def test_generic_order_by_layer_index_then_name(tmp_path: Path) -> None:
     pack(src, tmp_path / "m.wst")
     with Container(tmp_path / "m.wst") as c:
         assert c.manifest.groups() == [
-            "model.other",
+            "model.embed",
             "model.blocks.1",
             "model.layers.0",
             "model.layers.2",
             "model.layers.10",
+            "model.head",
         ]
         m = c.manifest
-        other = [t.name for ch in m.chunks if ch.group == "model.other" for t in ch.tensors]
-        assert other == ["embed", "head.w"]
+
+        def members(group: str) -> list[str]:
+            return [t.name for ch in m.chunks if ch.group == group for t in ch.tensors]
+
+        assert members("model.embed") == ["embed"]
+        assert members("model.head") == ["head.w"]
         # The stage's first item has a chunk of its own.
         assert [t.name for t in c.manifest.chunks[0].tensors] == ["embed"]
         assert [t.name for t in c.chunk("model.layers.2").tensors] == ["layers.2.a", "layers.2.w"]
         assert_same_tensors(dict(c.tensors()), tensors)
+
+
+def test_generic_norm_and_head_stream_after_the_layers(tmp_path: Path) -> None:
+    """A Llama-style checkpoint (no MiniCPM-V names): embedding, layers by index, then the final
+    norm, then the head, in the file and so in every stream of it. (The generic order used to
+    put every tensor without a layer index, norm and head included, before the layers.)"""
+    names = [
+        "lm_head.weight",
+        "model.norm.weight",
+        "model.layers.1.mlp.w",
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.w",
+        "model.layers.0.input_layernorm.weight",
+    ]
+    tensors = {n: np.full((4, 4), i, np.float32) for i, n in enumerate(names)}
+    src = write_checkpoint(tmp_path / "ck", tensors)
+    pack(src, tmp_path / "m.wst")
+    order = [p.name for p in schedule.execution_order(names)]
+    assert order == [
+        "model.embed",
+        "model.model.layers.0",
+        "model.model.layers.1",
+        "model.other",
+        "model.head",
+    ]
+    with open_container(tmp_path / "m.wst") as c:
+        streamed = []
+        for chunk in c.stream(prefetch=2):
+            with chunk:
+                streamed += list(chunk.tensors)
+    assert streamed == [
+        "model.embed_tokens.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.mlp.w",
+        "model.layers.1.mlp.w",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -213,7 +257,7 @@ def test_generic_order_with_odd_unicode_digits(tmp_path: Path, names: list[str])
         assert_same_tensors(dict(c.tensors()), tensors)
 
 
-# --- plan_chunks, the pure layout step -----------------------------------------------------------
+# --- layout_chunks, the pure layout step ------------------------------------------------------
 
 
 def _fake(name: str, dtype: DType, shape: tuple[int, ...]) -> SourceTensor:
@@ -223,9 +267,9 @@ def _fake(name: str, dtype: DType, shape: tuple[int, ...]) -> SourceTensor:
 
 
 @st.composite
-def layouts(draw: st.DrawFn) -> tuple[list[schedule.GroupPlan], dict[str, SourceTensor]]:
+def layouts(draw: st.DrawFn) -> tuple[list[schedule.ScheduledGroup], dict[str, SourceTensor]]:
     """Groups of items; an item is 1 to 3 tensors that share their first dimension (a weight
-    and its bias). plan_chunks is pure, so the fake tensors may be large: nothing is read."""
+    and its bias). layout_chunks is pure, so the fake tensors may be large: nothing is read."""
     tensors: dict[str, SourceTensor] = {}
     groups = []
     for g in range(draw(st.integers(0, 4))):
@@ -242,12 +286,12 @@ def layouts(draw: st.DrawFn) -> tuple[list[schedule.GroupPlan], dict[str, Source
                 tensors[name] = _fake(name, dtype, draw(st.sampled_from(shapes)))
                 item.append(name)
             items.append(tuple(item))
-        groups.append(schedule.GroupPlan(f"s.g{g}", "", tuple(items)))
+        groups.append(schedule.ScheduledGroup(f"s.g{g}", "", tuple(items)))
     return groups, tensors
 
 
 def _must_fail(
-    groups: list[schedule.GroupPlan], tensors: dict[str, SourceTensor], max_chunk: int
+    groups: list[schedule.ScheduledGroup], tensors: dict[str, SourceTensor], max_chunk: int
 ) -> bool:
     """True when some item does not fit a chunk and one of its rows does not either."""
     slack_per_tensor = 2 * spec.TENSOR_ALIGNMENT  # the planner's alignment allowance
@@ -265,7 +309,7 @@ def _must_fail(
 
 # An item whose bytes fit max_chunk only without the alignment padding between its tensors.
 _TIGHT = (
-    [schedule.GroupPlan("s.g0", "", (("a", "b"),))],
+    [schedule.ScheduledGroup("s.g0", "", (("a", "b"),))],
     {"a": _fake("a", DType.U8, (2, 32750)), "b": _fake("b", DType.U8, (2, 15))},
 )
 
@@ -274,11 +318,11 @@ _TIGHT = (
 @example(layout=_TIGHT, max_chunk=spec.MIN_MAX_CHUNK)
 @settings(deadline=None, max_examples=S.examples(4))
 def test_plan_chunks_bounds_and_tiles(
-    layout: tuple[list[schedule.GroupPlan], dict[str, SourceTensor]], max_chunk: int
+    layout: tuple[list[schedule.ScheduledGroup], dict[str, SourceTensor]], max_chunk: int
 ) -> None:
     groups, tensors = layout
     try:
-        plans = plan_chunks(groups, tensors, max_chunk)
+        plans = layout_chunks(groups, tensors, max_chunk)
     except InputError:
         assert _must_fail(groups, tensors, max_chunk)
         return
@@ -369,9 +413,9 @@ def test_items_split_together_must_share_rows() -> None:
         "w": _fake("w", DType.F32, (100, 400)),
         "b": _fake("b", DType.F32, (3,)),
     }
-    group = schedule.GroupPlan("vision.embed", "", (("w", "b"),))
+    group = schedule.ScheduledGroup("vision.embed", "", (("w", "b"),))
     with pytest.raises(SourceError, match="must share their first dimension"):
-        plan_chunks([group], t, spec.MIN_MAX_CHUNK)
+        layout_chunks([group], t, spec.MIN_MAX_CHUNK)
 
 
 @pytest.mark.parametrize(

@@ -438,4 +438,4 @@ def test_spec_example_is_a_valid_preamble_and_manifest() -> None:
     preamble = parse_preamble(head, m_off + m_len)
     manifest = parse_manifest(body, data_end=preamble.manifest_offset)
     VALIDATOR.validate(doc)
-    assert manifest.groups() == ["model.other", "model.layers.0"]
+    assert manifest.groups() == ["model.embed", "model.layers.0", "model.other"]

@@ -26,8 +26,8 @@ from safetensors.numpy import save_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wstream import spec  # noqa: E402
 from wstream.container.reader import Container  # noqa: E402
+from wstream.format import spec  # noqa: E402
 from wstream.pack import pack  # noqa: E402
 
 SPEC = ROOT / "formats" / "SPEC.md"

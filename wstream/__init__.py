@@ -10,24 +10,19 @@ Public API::
                 ...
 
 Attributes are imported on first use, so ``wstream info`` (which reads only a manifest) does
-not pay for numpy.
+not pay for numpy. Importing wstream changes nothing in the importing process (no environment
+variable, no thread, no signal handler): process-wide settings are made only by the ``wstream``
+command for its own process (:func:`wstream.cli.entry`).
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import types
 from typing import Any
 
-# OpenBLAS threads spin for a while after each matmul. Here they share two cores with the
-# prefetch workers and with the row-parallel numpy work between matmuls, which they would starve
-# (a vision layer's attention: 60 ms spinning, 37 ms not). Read when numpy first loads OpenBLAS,
-# so it only takes effect if wstream is imported first (the CLI is); an explicit setting wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
-
-__version__ = "0.1.0"
+from wstream._version import __version__
 
 _EXPORTS = {
     "Container": "wstream.container.reader",

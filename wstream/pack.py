@@ -1,6 +1,6 @@
 """Pack a safetensors checkpoint into a .wst container, in execution order, in bounded memory.
 
-Two steps. :func:`plan_chunks` (pure) lays the groups of :func:`execution_order` out as chunks
+Two steps. :func:`layout_chunks` (pure) lays the groups of :func:`execution_order` out as chunks
 of at most ``max_chunk`` decoded bytes, splitting a too-large item into equal row blocks (all
 tensors of an item split at the same rows). :func:`pack` then fills one chunk buffer at a time
 with ``pread`` (converting or quantizing in small row slabs when asked), encodes it and appends
@@ -22,7 +22,7 @@ import numpy as np
 from wstream.container.checkpoint import CheckpointReader, SourceTensor, open_checkpoint
 from wstream.container.paths import check_output
 from wstream.container.snapshot import check_unchanged
-from wstream.container.writer import ContainerWriter, align_up
+from wstream.container.writer import ContainerWriter
 from wstream.errors import InputError, SourceError
 from wstream.format import codecs, spec
 from wstream.format.crc import crc32
@@ -35,8 +35,8 @@ from wstream.format.quant import (
     quantizable,
     quantize_int8,
 )
-from wstream.format.spec import CodecId, DType, QuantScheme
-from wstream.model.schedule import GroupPlan, execution_order
+from wstream.format.spec import CodecId, DType, QuantScheme, align_up
+from wstream.model.schedule import ScheduledGroup, execution_order
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
 _SLAB_NBYTES = (
@@ -87,16 +87,16 @@ def storage_plan(
 
 
 @dataclass(frozen=True, slots=True)
-class PiecePlan:
+class PieceLayout:
     entry: TensorEntry  # as it will appear in the manifest
     src_rows: tuple[int, int]  # rows of the source tensor (0, 1) for a 0-d tensor
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkPlan:
+class ChunkLayout:
     name: str
     group: str
-    pieces: tuple[PiecePlan, ...]
+    pieces: tuple[PieceLayout, ...]
     raw_nbytes: int
 
 
@@ -148,12 +148,12 @@ def _units(
     ]
 
 
-def plan_chunks(
-    groups: Sequence[GroupPlan],
+def layout_chunks(
+    groups: Sequence[ScheduledGroup],
     tensors: Mapping[str, SourceTensor],
     max_chunk: int,
     storage: Mapping[str, Storage] | None = None,
-) -> list[ChunkPlan]:
+) -> list[ChunkLayout]:
     """Lay out groups as chunks of at most ``max_chunk`` decoded bytes (a pure function).
 
     The first item of each stage gets a chunk of its own (the vision patch embedding, 1.3 MB at
@@ -165,11 +165,11 @@ def plan_chunks(
         )
     if storage is None:
         storage = {n: Storage(t.dtype) for n, t in tensors.items()}
-    out: list[ChunkPlan] = []
+    out: list[ChunkLayout] = []
     stages_seen: set[str] = set()
     for group in groups:
-        chunks: list[list[PiecePlan]] = []
-        current: list[PiecePlan] = []
+        chunks: list[list[PieceLayout]] = []
+        current: list[PieceLayout] = []
         end = 0
         stage_head = group.stage not in stages_seen
         stages_seen.add(group.stage)
@@ -192,14 +192,14 @@ def plan_chunks(
                     if st.group is not None:
                         quant = Quant(QuantScheme.INT8, st.group, align_up(end + values, _A))
                     entry = TensorEntry(t.name, st.dtype, t.shape, end, rows, quant)
-                    current.append(PiecePlan(entry, rows or (0, _rows(t))))
+                    current.append(PieceLayout(entry, rows or (0, _rows(t))))
                     end = align_up(align_up(end + values, _A) + scales, _A)
         if current or not chunks:
             chunks.append(current)
         for k, pieces in enumerate(chunks):
             name = group.name if len(chunks) == 1 else f"{group.name}#{k}"
             raw = max((_end(p.entry) for p in pieces), default=0)
-            out.append(ChunkPlan(name, group.name, tuple(pieces), raw))
+            out.append(ChunkLayout(name, group.name, tuple(pieces), raw))
     return out
 
 
@@ -221,7 +221,7 @@ class _Filler:
         self.scratch = np.empty(0, np.uint8)
 
     def __call__(
-        self, plan: ChunkPlan, buf: np.ndarray, *, crc: bool = False
+        self, plan: ChunkLayout, buf: np.ndarray, *, crc: bool = False
     ) -> tuple[memoryview, int | None]:
         """The chunk's decoded bytes in ``buf``, and with ``crc`` their CRC-32: summed here, on
         the reading thread, so it overlaps with the writing of the previous chunk."""
@@ -246,7 +246,7 @@ class _Filler:
                 self._convert(src, p, raw)
         return raw.data, crc32(raw.data) if crc else None
 
-    def _convert(self, src: SourceTensor, p: PiecePlan, raw: np.ndarray) -> None:
+    def _convert(self, src: SourceTensor, p: PieceLayout, raw: np.ndarray) -> None:
         e = p.entry
         cols = math.prod(src.shape[1:])
         row_src = cols * src.dtype.itemsize
@@ -276,7 +276,7 @@ class _Filler:
                     self.lossy = True
 
 
-def _group_size(plan: ChunkPlan) -> int:
+def _group_size(plan: ChunkLayout) -> int:
     """The element size that dominates a chunk's bytes: what byte grouping should use."""
     by_size: dict[int, int] = {}
     for p in plan.pieces:
@@ -324,7 +324,7 @@ def pack(
         raise InputError(f"threads: {threads} must be at least 1")
     ckpt = open_checkpoint(src)
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
-    plans = plan_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
+    plans = layout_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
     if len(plans) > spec.MAX_CHUNKS:  # refused now, not after writing them all
         raise InputError(
             f"max_chunk: {max_chunk} bytes gives {len(plans)} chunks, more than the format's "
@@ -387,6 +387,6 @@ def pack(
     )
 
 
-def _src_nbytes(reader: CheckpointReader, p: PiecePlan) -> int:
+def _src_nbytes(reader: CheckpointReader, p: PieceLayout) -> int:
     t = reader.checkpoint.tensors[p.entry.name]
     return t.nbytes * (p.src_rows[1] - p.src_rows[0]) // _rows(t) if t.nbytes else 0

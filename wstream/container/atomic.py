@@ -24,9 +24,9 @@ import re
 import secrets
 import time
 from pathlib import Path
-from types import TracebackType
 
 from wstream import errors as E
+from wstream.container.scoped import Scoped
 
 Buffer = bytes | bytearray | memoryview
 
@@ -91,7 +91,7 @@ def _write_error(path: Path, exc: OSError) -> E.WriteFailed:
     return E.WriteFailed(f"{path}: cannot write ({exc.strerror or exc})")
 
 
-class AtomicFile:
+class AtomicFile(Scoped):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         remove_stale_temps(self.path)
@@ -135,23 +135,15 @@ class AtomicFile:
             raise
         _fsync_dir(self.path.parent)
 
+    def _on_exit(self) -> None:
+        self.discard()  # never committed: the target is left as it was
+
     def discard(self) -> None:
         if self.done:
             return
         self.done = True
         os.close(self.fd)
         self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.discard()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -14,12 +14,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from wstream.container.paths import check_regular_if_present, open_regular
+from wstream.container.scoped import Scoped
 from wstream.container.snapshot import Stamp, snapshot
 from wstream.errors import SourceError, WStreamError
+from wstream.format import strictjson
 from wstream.format.spec import MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM, DType, shape_extent_ok
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # safetensors' own limit
@@ -52,10 +53,8 @@ class Checkpoint:
 
 def _check_text(value: Any, where: str) -> None:
     """Every string in ``value`` must be encodable as UTF-8 (JSON allows lone surrogates)."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise SourceError(f"{where}: contains a lone surrogate (not valid Unicode text)") from None
+    if strictjson.first_non_text(value) is not None:
+        raise SourceError(f"{where}: contains a lone surrogate (not valid Unicode text)")
 
 
 def _check_name(name: str, where: str) -> None:
@@ -66,16 +65,13 @@ def _check_name(name: str, where: str) -> None:
         raise SourceError(f"{where}: name of {size} bytes is outside [1, {MAX_NAME_BYTES}]")
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json object hook: a name given twice is an error, not "the last one wins"."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for k, _ in pairs:
-            if k in seen:
-                raise SourceError(f"duplicate name {k!r}")
-            seen.add(k)
-    return out
+# json hooks: a name given twice is an error, not "the last one wins"; NaN and Infinity are
+# refused because the manifest that carries config.json is strict JSON (SPEC.md), so before any
+# tensor is packed.
+_unique_keys = strictjson.unique_keys(lambda k: SourceError(f"duplicate name {k!r}"))
+_no_constant = strictjson.no_constants(
+    lambda name: SourceError(f"{name} is not valid JSON (the container's manifest is strict JSON)")
+)
 
 
 def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
@@ -153,12 +149,6 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
             "(truncated or padded shard)"
         )
     return tensors, metadata
-
-
-def _no_constant(name: str) -> Any:
-    # Python's json reads NaN and Infinity; the manifest that carries config.json is strict JSON
-    # (SPEC.md), so refuse them here, before any tensor is packed.
-    raise SourceError(f"{name} is not valid JSON (the container's manifest is strict JSON)")
 
 
 def _read_json(path: Path, *, unique: bool = False) -> Any:
@@ -274,7 +264,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(tensors, config, metadata, tuple(paths), tuple(others), stamps)
 
 
-class CheckpointReader:
+class CheckpointReader(Scoped):
     """Reads tensor bytes (or a byte range of them) into caller buffers, one fd per shard."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
@@ -294,18 +284,10 @@ class CheckpointReader:
                 raise SourceError(f"{t.path}: ended while reading tensor {t.name!r} (truncated?)")
             view, offset = view[n:], offset + n
 
+    def _on_exit(self) -> None:
+        self.close()
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-    def __enter__(self) -> CheckpointReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -1,10 +1,11 @@
 """Open a .wst container from a byte source: preamble and manifest parsed once, chunks on demand.
 
 Opening reads only the 64-byte preamble and the manifest, so ``info`` on a model of any size
-costs the same. Chunk payloads come from the :class:`~wstream.container.source.ByteSource`: a
-local file is mapped read-only (a raw chunk's tensors are numpy views of the page cache, zero
-copy; compressed chunks decode from the map straight into a caller's buffer); a source without
-a map is read range by range into the caller's buffers.
+costs the same. Chunk payloads come from the :class:`~wstream.container.source.ByteSource`, read
+range by range into the caller's buffers (a local file too, by default: a truncation is then a
+named error, never SIGBUS); a local file opened with ``mapped=True`` is mapped read-only instead
+(a raw chunk's tensors are numpy views of the page cache, zero copy; compressed chunks decode
+from the map straight into a caller's buffer).
 
 Streaming (``stream()``) is built one layer up, in :mod:`wstream.stream.loader`, whose
 :class:`~wstream.stream.loader.StreamingContainer` is what ``wstream.open_container`` returns.
@@ -16,11 +17,11 @@ import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from wstream.container.header import read_header
+from wstream.container.scoped import Scoped
 from wstream.container.source import ByteSource, LocalFile
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry, TensorEntry
@@ -32,7 +33,7 @@ def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
     wchunk.convert_piece(entry, raw, wchunk.piece_views_of(entry, raw), dst)
 
 
-class Container:
+class Container(Scoped):
     """A validated, open .wst container.
 
     ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`, mapped only
@@ -206,16 +207,8 @@ class Container:
 
     # --- lifetime -----------------------------------------------------------------------------
 
+    def _on_exit(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> Container:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -3,8 +3,9 @@
 A :class:`ByteSource` is a read-only byte sequence of fixed size: a local file (here), or an
 object in a store (``s3.py``, ``http.py``). The reader and the loader know only this protocol:
 they read ranges into their own buffers with :meth:`~ByteSource.read_into`, and use
-:meth:`~ByteSource.mapping` for zero-copy views when the source is local (a remote source returns
-None and is always read into slabs). A read never returns partial data: a range past the end, a
+:meth:`~ByteSource.mapping` for zero-copy views when the source offers a map (a local file only
+when opened with ``mapped=True``: see :class:`LocalFile`; a remote source returns None and is
+always read into slabs). A read never returns partial data: a range past the end, a
 short read or a changed object raises a named :class:`~wstream.errors.ByteSourceError`.
 """
 

@@ -13,7 +13,8 @@ import functools
 
 import numpy as np
 
-from wstream.model.ops import normalize, rms_normalize, rowwise, silu_factor
+from wstream.model.fast import rowwise
+from wstream.model.ops import normalize, rms_normalize, silu_factor
 from wstream.model.weights import GroupCursor
 
 

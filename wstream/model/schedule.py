@@ -31,7 +31,7 @@ Item = tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class GroupPlan:
+class ScheduledGroup:
     """One group of the execution order."""
 
     name: str  # "vision.layer.3": unique, "<stage>.<part>"
@@ -90,17 +90,17 @@ _VISION_LAYER_RE = re.compile(r"^vpm\.encoder\.layers\.(\d+)\.")
 _LLM_LAYER_RE = re.compile(r"^llm\.model\.layers\.(\d+)\.")
 
 
-def _minicpmv_plans(names: set[str]) -> list[GroupPlan] | None:
+def _minicpmv_plans(names: set[str]) -> list[ScheduledGroup] | None:
     """The MiniCPM-V 2.6 order, or None when the names are not (only) MiniCPM-V 2.6 names."""
     vision_layers = sorted({int(m.group(1)) for n in names if (m := _VISION_LAYER_RE.match(n))})
     llm_layers = sorted({int(m.group(1)) for n in names if (m := _LLM_LAYER_RE.match(n))})
     if not llm_layers:
         return None
 
-    def group(name: str, prefix: str, items: tuple[Item, ...]) -> GroupPlan:
-        return GroupPlan(name, prefix, tuple(tuple(prefix + t for t in it) for it in items))
+    def group(name: str, prefix: str, items: tuple[Item, ...]) -> ScheduledGroup:
+        return ScheduledGroup(name, prefix, tuple(tuple(prefix + t for t in it) for it in items))
 
-    plans: list[GroupPlan] = []
+    plans: list[ScheduledGroup] = []
     if vision_layers or any(n.startswith(("vpm.", "resampler.")) for n in names):
         plans.append(group("vision.embed", "vpm.embeddings.", VISION_EMBED))
         plans += [
@@ -133,27 +133,44 @@ def _natural_key(name: str) -> list[object]:
     return [int(tok) if tok.isdecimal() else tok for tok in re.split(r"(\d+)", name)]
 
 
-def _generic_plans(names: set[str]) -> list[GroupPlan]:
-    unindexed: list[str] = []
+# An un-indexed tensor is an embedding (consumed before the layers) or a head (consumed last);
+# anything else un-indexed (final norms, poolers) runs between the layers and the head.
+_EMBEDDING_RE = re.compile(r"embed|(^|\.)(wte|wpe)\.", re.IGNORECASE)
+_HEAD_RE = re.compile(r"(^|[._])(lm_head|head|output|classifier)([._]|$)", re.IGNORECASE)
+
+
+def _generic_plans(names: set[str]) -> list[ScheduledGroup]:
+    """Embeddings, then the layers by index, then the other un-indexed tensors, then heads."""
+    embeddings: list[str] = []
+    other: list[str] = []
+    heads: list[str] = []
     layers: dict[tuple[str, int], list[str]] = {}
     for name in names:
         m = _INDEX_RE.match(name)
-        if m is None:
-            unindexed.append(name)
-        else:
+        if m is not None:
             layers.setdefault((m.group(1), int(m.group(2))), []).append(name)
-    plans: list[GroupPlan] = []
-    if unindexed:
-        plans.append(GroupPlan("model.other", "", tuple((n,) for n in sorted(unindexed))))
+        elif _EMBEDDING_RE.search(name):
+            embeddings.append(name)
+        elif _HEAD_RE.search(name):
+            heads.append(name)
+        else:
+            other.append(name)
+
+    def whole(group: str, members: list[str]) -> list[ScheduledGroup]:
+        return [ScheduledGroup(group, "", tuple((n,) for n in sorted(members)))] if members else []
+
+    plans = whole("model.embed", embeddings)
     for prefix, index in sorted(layers, key=lambda k: (_natural_key(k[0]), k[1])):
         members = sorted(layers[(prefix, index)], key=_natural_key)
         plans.append(
-            GroupPlan(f"model.{prefix}.{index}", f"{prefix}.{index}.", tuple((n,) for n in members))
+            ScheduledGroup(
+                f"model.{prefix}.{index}", f"{prefix}.{index}.", tuple((n,) for n in members)
+            )
         )
-    return plans
+    return plans + whole("model.other", other) + whole("model.head", heads)
 
 
-def execution_order(names: Iterable[str]) -> list[GroupPlan]:
+def execution_order(names: Iterable[str]) -> list[ScheduledGroup]:
     """Group and order tensor names the way the forward pass consumes them.
 
     >>> [p.name for p in execution_order(["llm.model.norm.weight", "llm.lm_head.weight",

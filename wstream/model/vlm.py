@@ -24,7 +24,7 @@ import numpy as np
 from wstream.errors import InputError
 from wstream.model import decoder, resampler, vision
 from wstream.model.config import VLMConfig, from_hf, tensor_shapes
-from wstream.model.schedule import GroupPlan, execution_order
+from wstream.model.schedule import ScheduledGroup, execution_order
 from wstream.model.weights import walk
 from wstream.stream.pieces import WeightSource
 
@@ -98,7 +98,7 @@ def check_inputs(
     return ids
 
 
-def check_weights(source: WeightSource, cfg: VLMConfig) -> dict[str, GroupPlan]:
+def check_weights(source: WeightSource, cfg: VLMConfig) -> dict[str, ScheduledGroup]:
     """The container must hold exactly the tensors ``cfg`` implies, with their shapes.
 
     Returns the execution plan by group name.

@@ -20,7 +20,8 @@ from collections.abc import Generator, Iterator, Sequence
 import numpy as np
 
 from wstream.errors import WStreamError
-from wstream.model.ops import PARALLEL_MIN, parallel_pool
+from wstream.format.chunk import widens as _widens
+from wstream.model.fast import widen_into
 from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
 
 # A block reaches the forward as float32 pieces of at most this many elements (16 MiB): small
@@ -214,23 +215,3 @@ def _take_n(it: Iterator[LoadedChunk], n: int) -> Iterator[LoadedChunk]:
         if chunk is None:
             return
         yield chunk
-
-
-def _widens(dtype: np.dtype) -> bool:
-    """A floating-point dtype other than float32 (bf16, f16, f64): widened before use."""
-    return dtype != np.float32 and (dtype.kind == "f" or dtype.name == "bfloat16")
-
-
-def widen_into(dst: np.ndarray, src: np.ndarray) -> None:
-    """``dst`` (float32) = ``src`` (bf16, f16, f64), on every core: the cast releases the GIL,
-    and in the decode loop widening is most of the work (2 threads measured 3.1 Gelem/s, one
-    1.6). Exact for bf16 and f16."""
-    if src.size < PARALLEL_MIN or src.ndim == 0 or src.shape[0] < 2:
-        np.copyto(dst, src, casting="unsafe")
-        return
-    half = src.shape[0] // 2
-
-    def cast(rows: slice) -> None:
-        np.copyto(dst[rows], src[rows], casting="unsafe")
-
-    list(parallel_pool().map(cast, [slice(0, half), slice(half, None)]))

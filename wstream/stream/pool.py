@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from wstream.errors import BudgetTooSmall, LoaderError, PoolTimeout
+from wstream.format.spec import align_up
 
 SLAB_GRANULE = 1 << 16  # slab sizes are rounded up to this, so similar chunks share slabs
-
-
-def round_up(n: int, to: int) -> int:
-    return -(-n // to) * to
 
 
 @dataclass(eq=False)
@@ -136,7 +133,7 @@ class SlabPool:
     @staticmethod
     def cost(*sizes: int, mapped: int = 0) -> int:
         """What a reservation charges against the capacity (slab sizes are rounded up)."""
-        return sum(round_up(n, SLAB_GRANULE) for n in sizes) + mapped
+        return sum(align_up(n, SLAB_GRANULE) for n in sizes) + mapped
 
     def acquire(
         self, *sizes: int, mapped: int = 0, timeout: float | None = None, block: bool = True
@@ -162,7 +159,7 @@ class SlabPool:
                 self._cond.wait(left)
 
     def _try_acquire(self, sizes: tuple[int, ...], mapped: int) -> Lease | None:
-        rounded = [round_up(n, SLAB_GRANULE) for n in sizes]
+        rounded = [align_up(n, SLAB_GRANULE) for n in sizes]
         slabs = self._fit(rounded, mapped, reuse=True)
         if slabs is None:
             # A reused slab may be larger than needed; fresh exact slabs may still fit.
