@@ -1139,6 +1139,6 @@ def test_errors_are_value_errors_and_wstream_errors() -> None:
 def test_directory_and_missing_path_raise_os_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         Container(tmp_path / "nope.wst")
-    with pytest.raises(OSError):
+    with pytest.raises(E.NotRegularFile, match="directory"):
         Container(tmp_path)
     assert os.listdir(tmp_path) == []

@@ -67,8 +67,11 @@ def test_local_file_contract(tmp_path: Path) -> None:
     src.read_into(5000, memoryview(out))
     assert bytes(out) == data[5000:5100]
     src.read_into(len(data), memoryview(bytearray(0)))  # an empty range at the end is fine
-    mapped = src.mapping()
+    assert src.mapping() is None  # no map unless asked for: reads are pread (SIGBUS-safe)
+    mapped_src = LocalFile(path, mapped=True)
+    mapped = mapped_src.mapping()
     assert mapped is not None and mapped[:10] == data[:10]
+    mapped_src.close()
     for offset, n in ((len(data) - 10, 11), (-1, 4), (len(data) + 1, 0)):
         with pytest.raises(E.ReadPastEnd, match=str(path)):
             src.read_into(offset, memoryview(bytearray(n)))

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from wstream import open_container
 from wstream.model.config import from_hf, tensor_shapes
 from wstream.pack import pack
-from wstream import open_container
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "wstream" / "data" / "minicpmv-tiny"

@@ -868,6 +868,13 @@ def invalid_vectors() -> list[Invalid]:
         edited(lambda d: d["chunks"][0]["tensors"][0].update(shape=[2**40] * 3)),
     )
     add(
+        "limit_exceeded_dimension",
+        "LimitExceeded",
+        "Shape [0, 2^40, 2^40] of F32: no elements, but dimensions no array library can hold "
+        "(the product of the non-zero dimensions times 4 bytes is 2^82, limit 2^48).",
+        edited(lambda d: d["chunks"][0]["tensors"][0].update(shape=[0, 2**40, 2**40])),
+    )
+    add(
         "limit_exceeded_nesting",
         "LimitExceeded",
         "The config nests 65 levels deep (limit 64 for the whole manifest).",

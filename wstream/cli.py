@@ -16,6 +16,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import Any
 
 from wstream import __version__
@@ -26,14 +27,84 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNOREC
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
+MAX_SIZE = 1 << 60  # any size flag: 1 EiB, far above any memory or file, far below overflow
+
+
 def parse_size(text: str) -> int:
-    """'512', '64K', '32M', '1G', '1.5GiB' -> bytes (binary multiples)."""
+    """'512', '64K', '32M', '1G', '1.5GiB' -> bytes (binary multiples), at most MAX_SIZE.
+
+    Parsed exactly (no float: '9' * 400 is a size too large, not an OverflowError)."""
     m = _SIZE_RE.match(text)
     if m is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a size (bytes, or a number with K/M/G/T)"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    number = m.group(1)
+    if len(number) > 40:  # longer than any size below MAX_SIZE could be written
+        raise argparse.ArgumentTypeError(f"{text[:40]!r}...: above the limit of {MAX_SIZE} bytes")
+    value = int(Fraction(number) * _UNITS[m.group(2).lower()])
+    if value > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value} bytes is above the limit {MAX_SIZE}")
+    return value
+
+
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text) if len(text) <= 40 else None
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not an integer in [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def size_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a size (see :func:`parse_size`) in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        value = parse_size(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text!r}: {value} bytes is outside [{lo}, {hi}]")
+        return value
+
+    return parse
+
+
+def printable(text: str) -> str:
+    """``text`` with every control and format character escaped (``\\x1b``, ``\\u202e``), so a
+    name from a file cannot move the cursor, recolour or retitle the terminal, or reorder the
+    line (bidirectional overrides)."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def say(line: str = "") -> None:
+    """Print a line that holds text from a file (names, paths), control characters escaped."""
+    print(printable(line))
+
+
+def json_printable(text: str) -> str:
+    """JSON text with every non-printable character written as a \\u escape (the same value:
+    json.dumps leaves C1 controls, DEL and bidirectional overrides as they are)."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            units = ch.encode("utf-16-be")
+            out.extend(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+    return "".join(out)
 
 
 def human(n: float) -> str:
@@ -119,10 +190,10 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     report = unpack_report(
         args.src, args.output, allow_lossy=args.dequantize, files=args.files, force=args.force
     )
-    print(f"unpacked {report.tensors} tensors -> {args.output}")
+    say(f"unpacked {report.tensors} tensors -> {args.output}")
     for a in report.files:
         verb = {"write": "wrote", "replace": "replaced", "same": "unchanged"}[a.action]
-        print(f"{verb:<9} {a.path} ({a.entry.raw_nbytes} bytes)")
+        say(f"{verb:<9} {a.path} ({a.entry.raw_nbytes} bytes)")
     return 0
 
 
@@ -161,7 +232,7 @@ def _step_name(step: dict[str, Any]) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     d = info_dict(args.src)
     if args.json:
-        print(json.dumps(d, ensure_ascii=False))
+        say(json_printable(json.dumps(d, ensure_ascii=False)))
         return 0
     chunks = d["chunks"]
     codecs_used: dict[str, int] = {}
@@ -172,33 +243,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     from wstream.format.manifest import stage_of
 
     stages = list(dict.fromkeys(stage_of(g) for g in d["groups"]))
-    print(f"file      {d['path']} ({human(d['file_size'])})")
+    say(f"file      {d['path']} ({human(d['file_size'])})")
     lossy = "LOSSY (quantized or converted: values differ from the source)"
-    print(
+    say(
         f"format    .wst v{d['version']}, written by {d['writer'] or '?'}, "
         f"{lossy if d['lossy'] else 'lossless'}"
     )
-    print(
+    say(
         f"tensors   {d['tensors']}, {human(d['raw_nbytes'])} decoded, {human(d['stored_nbytes'])} "
         f"stored (ratio {ratio:.3f})"
     )
-    print(
+    say(
         f"chunks    {len(chunks)} ({', '.join(f'{k} {v}' for k, v in codecs_used.items())}); "
         f"largest {human(d['largest_chunk_raw_nbytes'])} decoded"
     )
-    print(f"groups    {len(d['groups'])} in stages {', '.join(stages)}")
+    say(f"groups    {len(d['groups'])} in stages {', '.join(stages)}")
     if d["config"]:
         keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "query_num")
         shown = {k: d["config"][k] for k in keys if k in d["config"]}
-        print(f"config    {json.dumps(shown) if shown else '(present)'}")
+        say(f"config    {json.dumps(shown) if shown else '(present)'}")
     files = d["files"]
-    print(f"files     {len(files)} embedded" + (":" if files else " (none)"))
+    say(f"files     {len(files)} embedded" + (":" if files else " (none)"))
     for f in files:
-        print(
-            f"          {f['name']:<28} {human(f['raw_nbytes']):>12} ({human(f['nbytes'])} stored)"
-        )
-    print()
-    print(f"{'group':<28} {'chunks':>6} {'tensors':>7} {'decoded':>12} {'stored':>12}  codec")
+        say(f"          {f['name']:<28} {human(f['raw_nbytes']):>12} ({human(f['nbytes'])} stored)")
+    say()
+    say(f"{'group':<28} {'chunks':>6} {'tensors':>7} {'decoded':>12} {'stored':>12}  codec")
     by_group: dict[str, list[dict[str, Any]]] = {}
     for ch in chunks:
         by_group.setdefault(ch["group"], []).append(ch)
@@ -207,7 +276,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         codec = "+".join(_step_name(s) for s in members[0]["codec"]) or "raw"
         if any("quant" in t for c in members for t in c["tensors"]):
             codec += " int8"
-        print(
+        say(
             f"{group:<28} {len(members):>6} {len(names):>7} "
             f"{human(sum(c['raw_nbytes'] for c in members)):>12} "
             f"{human(sum(c['nbytes'] for c in members)):>12}  {codec}"
@@ -222,7 +291,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         c.verify()
         n, n_files = len(c.manifest.chunks), len(c.manifest.files)
     files = f", {n_files} embedded files" if n_files else ""
-    print(f"{args.src}: OK ({n} chunks{files} verified)")
+    say(f"{args.src}: OK ({n} chunks{files} verified)")
     return 0
 
 
@@ -335,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--level",
-        type=int,
+        type=bounded_int(spec.MIN_ZSTD_LEVEL, spec.MAX_ZSTD_LEVEL),
         default=None,
         help="zstd level (default: tuned literal coding with --shuffle, else 1; "
         "both measured better than higher levels on trained weights)",
@@ -360,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--max-chunk",
-        type=parse_size,
+        type=size_in(spec.MIN_MAX_CHUNK, spec.MAX_CHUNK_RAW_NBYTES),
         default=spec.DEFAULT_MAX_CHUNK,
         metavar="SIZE",
         help="largest decoded chunk, e.g. 32M (default: 32M); "
@@ -368,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--threads",
-        type=int,
+        type=bounded_int(1, 256),
         default=1,
         help="threads compressing zstd frames in parallel (default: 1)",
     )
@@ -508,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--prefetch",
-        type=int,
+        type=bounded_int(0, 1024),
         metavar="K",
         help="chunks to keep decoded ahead on worker threads (default: 2)",
     )
@@ -546,7 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = f"{exc.strerror or 'cannot open'}: {exc.filename}"
         else:
             msg = str(exc)
-        print(f"wstream {args.command}: error: {name}: {msg}", file=sys.stderr)
+        print(f"wstream {args.command}: error: {name}: {printable(msg)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"wstream {args.command}: interrupted", file=sys.stderr)

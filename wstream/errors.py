@@ -224,3 +224,26 @@ class ContextTooLong(InputError):
 
 class BadLogits(WStreamError, ValueError):
     """The logits handed to a sampler have the wrong shape or no finite value to choose from."""
+
+
+# --- files given by the caller (hardening, issue 14) ---------------------------------------------
+
+
+class NotRegularFile(InputError):
+    """A path to read or write is a FIFO, a device, a directory or a socket, not a regular file."""
+
+
+class OutputAliasesInput(InputError):
+    """An output path names one of the command's inputs (the same file, by path or by inode)."""
+
+
+class SourceModified(SourceError):
+    """A checkpoint file changed (size, mtime, ctime or inode) while it was being packed."""
+
+
+class ContainerClosed(ByteSourceError):
+    """A read was asked of a container (or byte source) after close()."""
+
+
+class WriteFailed(WStreamError, OSError):
+    """An output file could not be written (disk full, file too large, I/O error)."""

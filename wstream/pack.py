@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from wstream.container.checkpoint import CheckpointReader, SourceTensor, open_checkpoint
 from wstream.container.model_files import find_model_files, read_model_files
+from wstream.container.paths import check_output
+from wstream.container.snapshot import check_unchanged
 from wstream.container.writer import ContainerWriter
 from wstream.errors import InputError, SourceError
 from wstream.format import codecs, spec
@@ -332,10 +333,13 @@ def pack(
     model_files = read_model_files(model_paths)
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
     plans = layout_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
+    if len(plans) > spec.MAX_CHUNKS:  # refused now, not after writing them all
+        raise InputError(
+            f"max_chunk: {max_chunk} bytes gives {len(plans)} chunks, more than the format's "
+            f"{spec.MAX_CHUNKS}; raise --max-chunk"
+        )
     largest = max((p.raw_nbytes for p in plans), default=0)
-    dst = Path(dst)
-    if dst.resolve() in {f.resolve() for f in (*ckpt.files, *model_paths)}:
-        raise InputError(f"output: {dst} is one of the source files")
+    dst = check_output(dst, [*ckpt.files, *ckpt.others, *model_paths])
 
     # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
     # written. Compressing is ~10x slower than reading, so for zstd the second buffer would buy
@@ -380,6 +384,7 @@ def pack(
                     progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
         for model_file in model_files:
             writer.add_file(model_file.name, model_file.data, zstd=codec == "zstd")
+        check_unchanged(ckpt.stamps)  # a shard rewritten while read: publish nothing
         manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)
     return PackReport(
         tensors=len(manifest.tensors),

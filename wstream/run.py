@@ -127,9 +127,13 @@ def parse_ids(text: str) -> np.ndarray:
             raise InputError(f"input-ids: {text!r} must hold a 1-D integer array")
         return ids.astype(np.int64)
     try:
-        return np.array([int(tok) for tok in text.split(",")], dtype=np.int64)
+        ids = [int(tok) for tok in text.split(",")]
     except ValueError:
         raise InputError(f"input-ids: {text!r} is neither a .npy file nor a comma list") from None
+    bad = next((i for i in ids if not -(1 << 63) <= i < 1 << 63), None)
+    if bad is not None:  # np.int64 would overflow; the vocabulary bound is checked later
+        raise InputError(f"input-ids: id {bad} is outside the int64 range")
+    return np.array(ids, dtype=np.int64)
 
 
 def parse_bound(text: str) -> tuple[int, int]:

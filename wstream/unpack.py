@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from wstream.container.atomic import AtomicFile
+from wstream.container.paths import check_output
 from wstream.container.reader import Container
 from wstream.errors import InputError, LossyUnpack, OutputExists
 from wstream.format import chunk as wchunk
@@ -136,6 +137,7 @@ def unpack_report(
 ) -> UnpackReport:
     """:func:`unpack`, telling what was done with each embedded file."""
     with Container(src) as c:
+        dst = check_output(dst, [c.name])
         if c.manifest.lossy and not allow_lossy:
             raise LossyUnpack(
                 f"{src}: this container is lossy (quantized or converted); its values differ "
@@ -154,7 +156,7 @@ def _write_safetensors(c: Container, dst: Path) -> int:
     with AtomicFile(dst) as out:
         out.pwrite_all(head, 0)
         total = len(head) + sum(t.nbytes for t in infos.values())
-        os.ftruncate(out.fd, total)
+        out.truncate(total)
         for chunk in c.manifest.chunks:
             data = c.decode(chunk)
             for e in chunk.tensors:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from wstream.container.paths import check_regular_if_present, open_regular
 from wstream.container.scoped import Scoped
-from wstream.errors import SourceError
+from wstream.container.snapshot import Stamp, snapshot
+from wstream.errors import SourceError, WStreamError
 from wstream.format import strictjson
-from wstream.format.spec import MAX_NAME_BYTES, MAX_NDIM, DType
+from wstream.format.spec import MAX_JSON_DEPTH, MAX_NAME_BYTES, MAX_NDIM, DType, shape_extent_ok
 
 MAX_SAFETENSORS_HEADER = 100 * 1000 * 1000  # safetensors' own limit
 INDEX_NAME = "model.safetensors.index.json"
@@ -41,6 +43,8 @@ class Checkpoint:
     config: Mapping[str, Any] | None  # config.json beside the weights, if any
     metadata: Mapping[str, str]  # safetensors __metadata__ (merged over shards)
     files: tuple[Path, ...]
+    others: tuple[Path, ...] = ()  # the other files read: config.json, the shard index
+    stamps: tuple[Stamp, ...] = ()  # every file read, stamped before its first read
 
     @property
     def nbytes(self) -> int:
@@ -73,8 +77,9 @@ _no_constant = strictjson.no_constants(
 def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, str]]:
     """Parse and validate one safetensors file's header; returns tensors in file order."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        fd = open_regular(path, "checkpoint")
+        size = os.fstat(fd).st_size
+        with open(fd, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
                 raise SourceError(f"{path}: {size} bytes is too short for a safetensors header")
@@ -118,6 +123,8 @@ def read_safetensors_header(path: Path) -> tuple[list[SourceTensor], dict[str, s
             raise SourceError(f"{where}: shape {shape!r} is not a list of non-negative integers")
         if len(shape) > MAX_NDIM:
             raise SourceError(f"{where}: shape has {len(shape)} dimensions; at most {MAX_NDIM}")
+        if not shape_extent_ok(shape, dtype.itemsize):
+            raise SourceError(f"{where}: shape {shape} exceeds the format's bound on dimensions")
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
             raise SourceError(f"{where}: data_offsets {offs!r} is not [begin, end]")
         begin, end = offs
@@ -148,15 +155,40 @@ def _read_json(path: Path, *, unique: bool = False) -> Any:
     """``unique``: a member name given twice is an error (the index's weight map); config.json
     is read as transformers reads it, the last of duplicates winning."""
     try:
-        return json.loads(
-            path.read_text(encoding="utf-8"),
+        with open(open_regular(path, path.name), "rb") as f:
+            text = f.read().decode("utf-8")
+        value = json.loads(
+            text,
             object_pairs_hook=_unique_keys if unique else None,
             parse_constant=_no_constant,
         )
     except SourceError as exc:
         raise SourceError(f"{path}: {exc}") from None
+    except RecursionError:
+        raise SourceError(f"{path}: nested deeper than JSON readers allow") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, WStreamError):
+            raise
         raise SourceError(f"{path}: cannot read JSON ({exc})") from None
+    _check_depth(value, path)
+    return value
+
+
+def _check_depth(value: Any, path: Path) -> None:
+    """The config ends up inside the manifest at depth 2, whose JSON may nest MAX_JSON_DEPTH
+    levels: refuse a deeper file here, naming it, rather than as a manifest error later."""
+    limit = MAX_JSON_DEPTH - 1
+    level, depth = [value], 1
+    while level:
+        if depth > limit:
+            raise SourceError(f"{path}: nesting depth exceeds {limit} (the manifest allows it)")
+        deeper: list[Any] = []
+        for node in level:
+            if isinstance(node, dict):
+                deeper.extend(node.values())
+            elif isinstance(node, list):
+                deeper.extend(node)
+        level, depth = deeper, depth + 1
 
 
 def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
@@ -165,7 +197,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     if src.is_dir():
         directory = src
         index_path = src / INDEX_NAME
-        if index_path.exists():
+        if check_regular_if_present(index_path, INDEX_NAME):
             index = _read_json(index_path, unique=True)
             weight_map = index.get("weight_map") if isinstance(index, dict) else None
             if not isinstance(weight_map, dict) or not all(
@@ -183,14 +215,20 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
             p = directory / name
             if Path(name).name != name:
                 raise SourceError(f"{index_path}: shard name {name!r} must be a plain file name")
-            if not p.is_file():
+            if not check_regular_if_present(p, f"shard {name!r}"):
                 raise SourceError(f"{src}: shard {name!r} is missing")
             paths.append(p)
-    elif src.is_file():
+    elif check_regular_if_present(src, "checkpoint"):
         directory, weight_map, paths = src.parent, None, [src]
     else:
         raise SourceError(f"{src}: no such file or directory")
 
+    config_path = directory / "config.json"
+    has_config = check_regular_if_present(config_path, "config.json")
+    others = [config_path] if has_config else []
+    if weight_map is not None:
+        others.append(directory / INDEX_NAME)
+    stamps = snapshot([*paths, *others])  # before any header is read (the index: just after)
     tensors: dict[str, SourceTensor] = {}
     metadata: dict[str, str] = {}
     for p in paths:
@@ -218,13 +256,12 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
                 f"{INDEX_NAME}: {len(extra)} tensor(s) in the shards are not listed, "
                 f"e.g. {extra[0]!r}"
             )
-    config_path = directory / "config.json"
-    config = _read_json(config_path) if config_path.is_file() else None
+    config = _read_json(config_path) if has_config else None
     if config is not None and not isinstance(config, dict):
         raise SourceError(f"{config_path}: expected a JSON object")
     if config is not None:
         _check_text(config, str(config_path))
-    return Checkpoint(tensors, config, metadata, tuple(paths))
+    return Checkpoint(tensors, config, metadata, tuple(paths), tuple(others), stamps)
 
 
 class CheckpointReader(Scoped):
@@ -238,7 +275,7 @@ class CheckpointReader(Scoped):
         """Fill ``out`` with bytes [start, start + len(out)) of tensor ``t``."""
         fd = self._fds.get(t.path)
         if fd is None:
-            fd = self._fds[t.path] = os.open(t.path, os.O_RDONLY)
+            fd = self._fds[t.path] = open_regular(t.path, "shard")
         offset = t.offset + start
         view = out
         while view.nbytes:

@@ -168,7 +168,7 @@ class ContainerWriter(Scoped):
                 )
             m_off = self._end
             file.pwrite_all(body, m_off)
-            os.ftruncate(file.fd, m_off + len(body))
+            file.truncate(m_off + len(body))
             preamble = pack_preamble(m_off, len(body), crc.crc32(body))
             file.pwrite_all(preamble, 0)
             # Read our own output back through the reader's parser: a writer bug must never

@@ -369,7 +369,11 @@ def _decode_json(data: bytes) -> Any:
             raise
         raise E.ManifestSyntaxError(f"manifest: invalid JSON ({exc})") from None
     if _SURROGATE_ESCAPE.search(text) is not None:
-        _check_text(doc)
+        try:
+            _check_text(doc)
+        except E.ManifestSchemaError:
+            _check_depth(doc)  # B5 (depth) comes before B6 (surrogates) in the check order
+            raise
     return doc
 
 
@@ -529,9 +533,12 @@ def _tensor(
             raise E.ManifestSchemaError(f"{where}.dtype: expected a string, got {t['dtype']!r}")
         raise E.UnknownDType(f"{where}.dtype: {t['dtype']!r} is not a known dtype")
     shape = _shape(t["shape"], where)
-    total = math.prod(shape) * dtype.itemsize
+    total = spec.shape_extent(shape, dtype.itemsize)  # zero dims as 1: bounds every dimension
     if total > spec.MAX_TENSOR_NBYTES:
-        raise E.LimitExceeded(f"{where}.shape: {total} bytes exceed {spec.MAX_TENSOR_NBYTES}")
+        raise E.LimitExceeded(
+            f"{where}.shape: {list(shape)} spans {total} bytes (zero dimensions counted as 1), "
+            f"above {spec.MAX_TENSOR_NBYTES}"
+        )
     offset = t["offset"]
     if type(offset) is not int or not 0 <= offset <= spec.MAX_CHUNK_RAW_NBYTES:
         _int(offset, f"{where}.offset", 0, spec.MAX_CHUNK_RAW_NBYTES)

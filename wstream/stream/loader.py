@@ -24,6 +24,7 @@ import numpy as np
 
 from wstream.container.reader import Container
 from wstream.container.source import ByteSource
+from wstream.errors import InputError
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry
 from wstream.stream.pieces import Piece
@@ -31,6 +32,31 @@ from wstream.stream.plan import DEFAULT_WIDEN, LoadPlan, Widen, plan_load
 from wstream.stream.pool import SlabPool
 from wstream.stream.stream import ChunkStream, Resident, StreamChunk, StreamStats
 from wstream.stream.worker import StoredReader
+
+MAX_PREFETCH = 1024  # chunks ahead; far more than any window that fits in memory
+MAX_WORKERS = 256
+MAX_BUDGET = 1 << 60  # bytes (1 EiB): any real memory, and no overflow downstream
+
+
+def check_loader_args(*, budget: int | None, prefetch: int, workers: int) -> None:
+    """Every loader argument in its range, or an :class:`InputError` naming it."""
+    for name, value, lo, hi in (
+        ("prefetch", prefetch, 0, MAX_PREFETCH),
+        ("workers", workers, 1, MAX_WORKERS),
+        ("budget", 0 if budget is None else budget, 0, MAX_BUDGET),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise InputError(f"{name}: {value!r} is outside [{lo}, {hi}]")
+
+
+def default_stream_budget(container: Container, names: Sequence[str], widen: Widen, k: int) -> int:
+    """The budget of a one-pass stream given none: ``k + 2`` times the largest chunk's cost,
+    room for the prefetch window plus the chunk in use, whatever the container's size (no
+    budget would keep every chunk loaded until the loop ends)."""
+    mapped = container.mapping() is not None
+    chunks = (container.chunk(n) for n in names)
+    largest = max((plan_load(c, widen, mapped_source=mapped).cost for c in chunks), default=0)
+    return (k + 2) * largest
 
 
 class ContainerIndex:
@@ -128,8 +154,7 @@ class StreamingLoader(ContainerIndex):
         timeout: float = 60.0,
     ) -> None:
         super().__init__(container)
-        if prefetch < 0:
-            raise ValueError(f"prefetch: {prefetch} must be >= 0")
+        check_loader_args(budget=budget, prefetch=prefetch, workers=workers)
         self.budget = budget
         self.prefetch = prefetch
         self.workers = workers
@@ -273,7 +298,8 @@ class StreamingContainer(Container):
         widen: Widen | str = DEFAULT_WIDEN,
     ) -> Iterator[StreamChunk]:
         """Chunks in ``order`` (default: file order), ``prefetch`` decoded ahead on worker
-        threads, under ``budget`` bytes. Each chunk is a context manager; leave it (or call
+        threads, under ``budget`` bytes (None: :func:`default_stream_budget`, ``prefetch + 2``
+        of the largest chunk). Each chunk is a context manager; leave it (or call
         ``release()``) when done with its arrays.
 
         >>> for chunk in c.stream(prefetch=2, budget=64 << 20):   # doctest: +SKIP
@@ -281,6 +307,9 @@ class StreamingContainer(Container):
         ...         use(chunk.tensors)
         """
         names = [ch.name for ch in self.manifest.chunks] if order is None else list(order)
+        check_loader_args(budget=budget, prefetch=prefetch, workers=workers)
+        if budget is None:
+            budget = default_stream_budget(self, names, Widen.parse(widen), prefetch)
         loader = StreamingLoader(
             self, budget=budget, prefetch=prefetch, workers=workers, widen=widen, verify=verify
         )
@@ -290,7 +319,10 @@ class StreamingContainer(Container):
             loader.close()
 
 
-def open_container(source: str | os.PathLike[str] | ByteSource) -> StreamingContainer:
+def open_container(
+    source: str | os.PathLike[str] | ByteSource, *, mapped: bool = False
+) -> StreamingContainer:
     """Open and validate a container (reads the preamble and manifest only): a path, or any
-    :class:`~wstream.container.source.ByteSource`."""
-    return StreamingContainer(source)
+    :class:`~wstream.container.source.ByteSource`. ``mapped``: read a local file through a shared
+    map, zero-copy (see :class:`~wstream.container.source.LocalFile` for what that risks)."""
+    return StreamingContainer(source, mapped=mapped)
