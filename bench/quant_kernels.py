@@ -10,8 +10,8 @@ round, since the machine is shared and absolute times drift::
 Variants:
   bf16      today's raw path: bf16 -> f32 widen per block + matmul
   f32       the matmul alone on float32 weights (what reading 4 bytes/element costs)
-  f16-np    float16 widened by numpy's astype (copyto) + matmul
-  f16-ml    float16 viewed as ml_dtypes.float16-free path: via bf16-style ml_dtypes cast
+  f16-np    float16 widened per block into the scratch by numpy (copyto) + matmul
+  f16-astype float16 widened per block by ``astype`` (a fresh array) + matmul
   int8-g    today's INT8: group-of-128 scales dequantized to a float32 copy of W (as the
             loader's workers do, out to memory) + matmul
   int8-gc   group-of-128 scales, dequantized per block in cache (cast + multiply) + matmul
@@ -22,6 +22,8 @@ Variants:
             both nibbles as float32 in one gather, then (q - z) * s in cache + matmul
   int4-split 4-bit with the group's first half in the low nibbles and second half in the high
             ones: two masked casts, no interleave, then (q - z) * s in cache + matmul
+  int4-gp   the split layout, unpacked the same way, with the zero points folded into per-group
+            sums of x and the scales applied to per-group partial products
 """
 
 from __future__ import annotations
