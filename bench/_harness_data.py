@@ -132,7 +132,9 @@ def prepare(root: Path, size: int, max_chunk: int, log: Callable[[str], None]) -
         "shards": 2,
         "generator": _code("synthetic.py"),
     }
-    packer = _code("pack.py", "writer.py", "codecs.py", "quant.py", "spec.py")
+    packer = _code(
+        "pack.py", "container/writer.py", "format/codecs.py", "format/quant.py", "format/spec.py"
+    )
     made: dict[str, float] = {}
 
     def build(name: str, recipe: dict[str, Any], make: Callable[[Path], None]) -> None:

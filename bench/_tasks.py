@@ -350,7 +350,8 @@ def overlap(
 
     from wstream import open_container
     from wstream.format.chunk import piece_views
-    from wstream.model.weights import SUB_ELEMENTS, widen_into
+    from wstream.model.fast import widen_into
+    from wstream.model.weights import SUB_ELEMENTS
     from wstream.stream.loader import EagerWeights, StreamingLoader
 
     c = open_container(path)

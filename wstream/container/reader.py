@@ -16,11 +16,11 @@ import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
 from wstream.container.header import read_header
+from wstream.container.scoped import Scoped
 from wstream.container.source import ByteSource, LocalFile
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry, TensorEntry
@@ -32,7 +32,7 @@ def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
     wchunk.convert_piece(entry, raw, wchunk.piece_views_of(entry, raw), dst)
 
 
-class Container:
+class Container(Scoped):
     """A validated, open .wst container.
 
     ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`) or any
@@ -176,16 +176,8 @@ class Container:
 
     # --- lifetime -----------------------------------------------------------------------------
 
+    def _on_exit(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> Container:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -235,6 +235,73 @@ def _encode_scratch(nbytes: int) -> np.ndarray:
     return buf
 
 
+# --- codecs, one class each, found through REGISTRY ---------------------------------------------
+# numcodecs style: a codec knows its manifest fields, encodes a whole stream and decodes one into
+# a caller's buffer. A pipeline (the manifest's list of steps) is at most [bytegroup, zstd]; the
+# pipeline functions below fuse the two (grouped zstd frames decode through a per-thread scratch
+# straight into their places), so no grouped copy of a chunk is ever made.
+
+
+class ByteGroup:
+    """Byte grouping (shuffle) by element ``size``: plane j holds byte j of every element."""
+
+    id = CodecId.BYTEGROUP
+    fields = ("size",)  # manifest fields besides "id"
+
+    def __init__(self, step: CodecStep) -> None:
+        self.size = step.size or 0
+
+    def encode(self, data: Buffer) -> bytes:
+        return group(data, self.size) if self.size else bytes(data)
+
+    def decode_into(self, src: Buffer, out: memoryview) -> None:
+        if len(src) != len(out):
+            raise E.DecodedSizeMismatch(f"chunk stores {len(src)} bytes, expected {len(out)}")
+        if self.size:
+            _Ungrouper(out, self.size).put(np.frombuffer(src, np.uint8), 0)
+        else:
+            out[:] = memoryview(src).cast("B")
+
+
+class Zstd:
+    """zstd frames of at most FRAME_NBYTES decoded bytes each, listed in the manifest."""
+
+    id = CodecId.ZSTD
+    fields = ("level", "frames")
+
+    def __init__(self, step: CodecStep) -> None:
+        self.level = step.level
+        self.frames = step.frames
+
+    def encode(self, data: Buffer) -> bytes:
+        return _compressor(self.level, False).compress(data)
+
+    def decode_into(self, src: Buffer, out: memoryview) -> None:
+        zstd_decode_into(src, out)
+
+
+Codec = ByteGroup | Zstd
+REGISTRY: dict[CodecId, type[Codec]] = {c.id: c for c in (ByteGroup, Zstd)}
+
+
+class Pipeline:
+    """A chunk's codec steps resolved through :data:`REGISTRY` once: its bytegroup and zstd
+    codecs (either may be absent; none at all stores the bytes as they are)."""
+
+    __slots__ = ("bytegroup", "zstd")
+
+    def __init__(self, steps: Sequence[CodecStep]) -> None:
+        codecs = {step.id: REGISTRY[step.id](step) for step in steps}
+        bg = codecs.get(CodecId.BYTEGROUP)
+        zs = codecs.get(CodecId.ZSTD)
+        self.bytegroup = bg if isinstance(bg, ByteGroup) else None
+        self.zstd = zs if isinstance(zs, Zstd) else None
+
+    @property
+    def group_size(self) -> int:
+        return self.bytegroup.size if self.bytegroup is not None else 0
+
+
 def encode(
     pipeline: Sequence[CodecStep], data: Buffer, *, executor: Executor | None = None
 ) -> tuple[list[Buffer], tuple[CodecStep, ...]]:
@@ -245,11 +312,11 @@ def encode(
     compressed in parallel (zstd releases the GIL)."""
     if not pipeline:
         return [data], ()
-    grouping = next((s for s in pipeline if s.id is CodecId.BYTEGROUP), None)
-    size = grouping.size or 0 if grouping is not None else 0
-    zstd_step = next((s for s in pipeline if s.id is CodecId.ZSTD), None)
-    if zstd_step is None:
+    steps = Pipeline(pipeline)
+    size = steps.group_size
+    if steps.zstd is None:
         return [group(data, size) if size else data], tuple(pipeline)
+    level = steps.zstd.level
     raw = np.frombuffer(data, np.uint8)
     bounds = _frame_bounds(raw.size, size)
     spans = list(zip(bounds, bounds[1:])) or [(0, 0)]  # an empty chunk is one empty frame
@@ -257,7 +324,7 @@ def encode(
     def compress(span: tuple[int, int]) -> bytes:
         a, b = span
         piece = _stream_bytes(raw, size, a, b) if size else raw.data[a:b]
-        return _compressor(zstd_step.level, bool(size)).compress(piece)
+        return _compressor(level, bool(size)).compress(piece)
 
     parts: list[Buffer] = (
         list(executor.map(compress, spans))
@@ -288,16 +355,13 @@ def decode_into(
             raise E.DecodedSizeMismatch(f"raw chunk has {len(src)} bytes, expected {len(out)}")
         out[:] = src
         return
-    grouping = next((s for s in pipeline if s.id is CodecId.BYTEGROUP), None)
-    ungroup = _Ungrouper(out, grouping.size) if grouping is not None and grouping.size else None
-    zstd_step = next((s for s in pipeline if s.id is CodecId.ZSTD), None)
-    if zstd_step is None:  # grouping alone
-        if len(src) != len(out):
-            raise E.DecodedSizeMismatch(f"chunk stores {len(src)} bytes, expected {len(out)}")
-        if ungroup is not None:
-            ungroup.put(np.frombuffer(src, np.uint8), 0)
+    steps = Pipeline(pipeline)
+    if steps.zstd is None:  # grouping alone
+        assert steps.bytegroup is not None
+        steps.bytegroup.decode_into(src, out)
         return
-    frames = zstd_step.frames or ((len(src), len(out)),)
+    ungroup = _Ungrouper(out, steps.group_size) if steps.group_size else None
+    frames = steps.zstd.frames or ((len(src), len(out)),)
     jobs, s_pos, o_pos = [], 0, 0
     for stored, raw in frames:
         jobs.append((src[s_pos : s_pos + stored], o_pos, raw))

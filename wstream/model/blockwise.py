@@ -14,7 +14,8 @@ import functools
 import numpy as np
 
 from wstream.format.quant import QuantBlock, apply_scales
-from wstream.model.ops import normalize, rms_normalize, rowwise, silu_factor
+from wstream.model.fast import rowwise
+from wstream.model.ops import normalize, rms_normalize, silu_factor
 from wstream.model.weights import Block, GroupCursor
 
 # Up to this many rows of x, an INT8 block's group scales go onto per-group partial products

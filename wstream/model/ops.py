@@ -1,63 +1,22 @@
-"""Numpy primitives of MiniCPM-V 2.6: pure functions over float32 arrays, no weights, no I/O.
+"""Numpy primitives of MiniCPM-V 2.6, picoGPT style: small block functions over float32
+arrays, no weights, no I/O, shapes in the comments.
 
 Conventions: a sequence of T tokens of width d is ``[T, d]``; per-head tensors are
-``[heads, T, head_dim]``. Everything is float32 except integer ids.
+``[heads, T, head_dim]``. Everything is float32 except integer ids. Functions return a new
+array unless their docstring says *in place* (gelu_tanh, softmax with ``inplace``): the forward's
+largest temporaries are overwritten rather than copied. Work is split across cores only through
+:mod:`wstream.model.fast`, whose serial references give the same bits.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
+from wstream.model.fast import over_heads, rowwise
+
 F32 = np.float32
-# Bytes of attention scores computed at once ([heads, Tq, Tk]). Kept under glibc's largest mmap
-# threshold (32 MiB): a bigger temporary is a fresh mapping every call, and faulting in 64 MiB of
-# scores per vision layer cost more than the softmax itself on this VM.
-SCORES_BUDGET = 16 << 20
-PARALLEL_MIN = (
-    1 << 18
-)  # elements below which splitting rows across threads costs more than it saves
-
-
-# Elements of the blocks ``rowwise`` hands to ``fn`` (256 KiB of float32): small enough that a
-# multi-pass elementwise function (gelu: 8 passes) works in L2; 1024 x 4304 gelu measured 11.5
-# ms in halves, 8 ms in such blocks, on 2 cores.
-CACHE_BLOCK = 1 << 16
-
-
-@functools.cache
-def parallel_pool() -> ThreadPoolExecutor:
-    """Threads for numpy work split across cores (ufuncs and casts release the GIL)."""
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="wstream-ops")
-
-
-def rowwise(fn: Callable[[np.ndarray], None], x: np.ndarray) -> np.ndarray:
-    """Apply ``fn`` in place to blocks of rows of ``x`` on every core; returns ``x``.
-
-    BLAS runs the matmuls on all cores, but numpy's elementwise ufuncs run on one; they release
-    the GIL, so splitting the rows of gelu, softmax or a norm across threads uses the idle core.
-    Each row is computed exactly as it would be serially, so results are bit-identical.
-    """
-    rows = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
-    parts = min(os.cpu_count() or 1, rows.shape[0])
-    if x.size < PARALLEL_MIN or parts < 2:
-        fn(rows)
-        return x
-    bounds = np.linspace(0, rows.shape[0], parts + 1).astype(int)
-    step = max(1, CACHE_BLOCK // rows.shape[1])
-
-    def part(a: int, b: int) -> None:
-        for r in range(a, b, step):  # a few rows at a time: gelu's 8 passes stay in L2
-            fn(rows[r : min(r + step, b)])
-
-    list(parallel_pool().map(part, bounds[:-1], bounds[1:]))
-    return x
 
 
 def normalize(x: np.ndarray, eps: float) -> np.ndarray:
@@ -169,28 +128,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, *, causal: bool = Fal
             np.matmul(scores, v[h], out=out[h])  # unnormalised  [G*Tq, hd]
             out[h] /= total  # normalise the [., hd] output, not the [., Tk] scores
 
-    cores = os.cpu_count() or 1
-    if cores > 1 and n_kv > 1 and group * tq * tk >= PARALLEL_MIN:
-        # Small-K matmuls (head_dim 72) scale badly across BLAS threads; whole heads per core,
-        # each with a one-thread BLAS, measured 33 ms against 54 for a vision layer's attention.
-        bounds = np.linspace(0, n_kv, min(cores, n_kv) + 1).astype(int)
-        with _one_blas_thread():
-            list(parallel_pool().map(lambda ab: heads(*ab), zip(bounds, bounds[1:])))
-    else:
-        heads(0, n_kv)
+    over_heads(heads, n_kv, group * tq * tk)  # [Hkv] heads, across cores
     return out.reshape(n_heads, tq, hd)
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def _one_blas_thread() -> Any:
-    """A context in which BLAS calls run on the calling thread only."""
-    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def rope_tables(
