@@ -19,6 +19,7 @@ from safetensors.numpy import save_file
 from wstream import errors as E
 from wstream.container.reader import Container
 from wstream.container.source import ByteSource, LocalFile
+from wstream.format.quant import QuantPiece
 from wstream.pack import pack
 from wstream.stream.loader import StreamingContainer, StreamingLoader
 from wstream.stream.plan import Widen
@@ -109,6 +110,12 @@ def container_path(
     return d / "m.wst"
 
 
+def _stored_bytes(a: np.ndarray | QuantPiece) -> bytes:
+    if isinstance(a, QuantPiece):  # Widen.QUANTIZED: int8 values and their scales
+        return b"q" + a.values.tobytes() + a.scales.tobytes()
+    return a.dtype.str.encode() + a.tobytes()
+
+
 def _streamed(c: Container, widen: Widen, budget: int | None) -> Iterator[tuple[str, bytes]]:
     names = [ch.name for ch in c.manifest.chunks]
     with StreamingLoader(c, budget=budget, prefetch=2, widen=widen) as loader:
@@ -116,7 +123,7 @@ def _streamed(c: Container, widen: Widen, budget: int | None) -> Iterator[tuple[
             with chunk:
                 yield (
                     chunk.name,
-                    b"".join(a.dtype.str.encode() + a.tobytes() for a in chunk.arrays()),
+                    b"".join(_stored_bytes(a) for a in chunk.arrays()),
                 )
         if budget is not None:
             assert loader.pool.peak <= budget

@@ -39,13 +39,13 @@ def make_weights(container: Container, budget: int | None, prefetch: int | None)
         container,
         budget=budget,
         prefetch=DEFAULT_PREFETCH if prefetch is None else prefetch,
-        widen="dequantize",  # the forward widens bf16 in cache-sized pieces itself
+        widen="quantized",  # the forward widens bf16 and int8 in cache-sized pieces itself
     )
 
 
 def load_everything(container: Container, budget: int | None, prefetch: int | None) -> WeightSource:
     """The baseline: every chunk decoded and widened up front, as a plain loader would."""
-    return EagerWeights(container)
+    return EagerWeights(container, keep_quantized=True)  # the int8 pieces as streamed
 
 
 @dataclass(frozen=True)

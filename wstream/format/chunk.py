@@ -16,9 +16,10 @@ from wstream import errors as E
 from wstream.format import codecs
 from wstream.format.crc import crc32
 from wstream.format.manifest import ChunkEntry, TensorEntry
-from wstream.format.quant import dequantize_int8
+from wstream.format.quant import QuantPiece, dequantize_int8
 
 Buffer = bytes | bytearray | memoryview
+Stored = np.ndarray | QuantPiece  # a piece as stored: its values, or int8 values with scales
 
 
 def check_crc(chunk: ChunkEntry, stored: Buffer) -> None:
@@ -66,13 +67,28 @@ def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndar
     return [piece_views_of(t, raw) for t in chunk.tensors]
 
 
-def dequantize_into(entry: TensorEntry, raw: np.ndarray, out: np.ndarray) -> None:
-    """The float32 values [piece_shape] of a quantized piece of decoded chunk ``raw``."""
+def quant_piece_of(entry: TensorEntry, raw: np.ndarray) -> QuantPiece:
+    """Views of a quantized piece's int8 values and float32 scales in decoded chunk ``raw``."""
     assert entry.quant is not None
-    q = piece_views_of(entry, raw)
     at = entry.quant.scales
     scales = raw[at : at + entry.scales_nbytes].view(np.float32).reshape(entry.scales_shape)
-    dequantize_int8(q, scales, entry.quant.group, out)
+    return QuantPiece(piece_views_of(entry, raw), scales, entry.quant.group)
+
+
+def stored_pieces(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[Stored]:
+    """Each piece of a decoded chunk as stored, in manifest order: a view of its values, or for a
+    quantized piece its values and scales (what ``Widen.QUANTIZED`` hands out)."""
+    raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
+    return [
+        quant_piece_of(t, raw) if t.quant is not None else piece_views_of(t, raw)
+        for t in chunk.tensors
+    ]
+
+
+def dequantize_into(entry: TensorEntry, raw: np.ndarray, out: np.ndarray) -> None:
+    """The float32 values [piece_shape] of a quantized piece of decoded chunk ``raw``."""
+    p = quant_piece_of(entry, raw)
+    dequantize_int8(p.values, p.scales, p.group, out)
 
 
 def convert_piece(entry: TensorEntry, raw: np.ndarray, stored: np.ndarray, dst: np.ndarray) -> None:

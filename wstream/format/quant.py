@@ -15,6 +15,7 @@ convolution kernels keep their dtype.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 
@@ -60,23 +61,59 @@ def quantize_int8(w: np.ndarray, group: int, q_out: np.ndarray, s_out: np.ndarra
 _DEQUANT_ROWS = 256  # rows per pass: keeps the cast's output in cache for the multiply
 
 
+class QuantPiece(NamedTuple):
+    """A quantized piece as stored, handed to a consumer that applies the scales itself (the
+    forward: see :mod:`wstream.model.blockwise`): value = ``values`` x its group's scale."""
+
+    values: np.ndarray  # int8 [rows, cols] (a view of the chunk's bytes)
+    scales: np.ndarray  # float32 [rows, n_groups(cols, group)]
+    group: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    def row_slice(self, r0: int, r1: int) -> QuantPiece:
+        return QuantPiece(self.values[r0:r1], self.scales[r0:r1], self.group)
+
+    def copy(self) -> QuantPiece:
+        return QuantPiece(self.values.copy(), self.scales.copy(), self.group)
+
+
+class QuantBlock(NamedTuple):
+    """A row block of a quantized matrix with its integers already widened to float32 (exact):
+    ``q`` [rows, cols] holds int8 values, ``scales`` [rows, n_groups] the scales to apply."""
+
+    q: np.ndarray  # float32 [rows, cols], integer-valued; a scratch buffer the consumer may scale
+    scales: np.ndarray  # float32 [rows, n_groups(cols, group)]
+    group: int
+
+
+def apply_scales(q: np.ndarray, scales: np.ndarray, group: int) -> None:
+    """``q`` (float32 [rows, cols], integer-valued) x its group's scale, in place.
+
+    The one copy of the dequantisation arithmetic (one float32 product per element), so every
+    path that dequantises (loader workers, eager, the forward's cursor) gives the same bits."""
+    rows, cols = q.shape
+    full = cols // group * group
+    g = full // group
+    if full:
+        head = q[:, :full].reshape(rows, g, group)  # [R, g, group]
+        np.multiply(head, scales[:, :g, None], out=head)
+    if full < cols:
+        np.multiply(q[:, full:], scales[:, -1:], out=q[:, full:])
+
+
 def dequantize_int8(q: np.ndarray, scales: np.ndarray, group: int, out: np.ndarray) -> None:
     """``out`` f32 [rows, cols] = ``q`` int8 [rows, cols] x its group's scale.
 
     Two passes over cache-sized row blocks (cast, then scale in place) measured 1.1 Gelem/s
     against 0.8 for numpy's mixed-type multiply in one pass."""
-    rows, cols = q.shape
-    full = cols // group * group
-    g = full // group
+    rows = q.shape[0]
     for r in range(0, rows, _DEQUANT_ROWS):
         o = out[r : r + _DEQUANT_ROWS]  # [R, cols]
         np.copyto(o, q[r : r + _DEQUANT_ROWS], casting="unsafe")
-        s = scales[r : r + _DEQUANT_ROWS]  # [R, n_groups]
-        if full:
-            head = o[:, :full].reshape(o.shape[0], g, group)  # [R, g, group]
-            np.multiply(head, s[:, :g, None], out=head)
-        if full < cols:
-            np.multiply(o[:, full:], s[:, -1:], out=o[:, full:])
+        apply_scales(o, scales[r : r + _DEQUANT_ROWS], group)
 
 
 def convert(values: np.ndarray, dtype: DType) -> np.ndarray:

@@ -13,9 +13,49 @@ import functools
 
 import numpy as np
 
+from wstream.format.quant import QuantBlock, apply_scales
 from wstream.model.fast import rowwise
 from wstream.model.ops import normalize, rms_normalize, silu_factor
-from wstream.model.weights import GroupCursor
+from wstream.model.weights import Block, GroupCursor
+
+# Up to this many rows of x, an INT8 block's group scales go onto per-group partial products
+# instead of onto the weights: the decode step's [1, 3584] @ [3584, 18944] measured 0.49x the
+# bf16 path this way against 1.34x scaling the weights in place first; at 448 rows the partial
+# products (a [groups, T, rows] array) cost 4.7x and scaling the weights first 1.0x
+# (bench/quant_kernels.py).
+PARTIAL_MAX_ROWS = 8
+
+
+def matmul_t(x: np.ndarray, w: Block, out: np.ndarray) -> None:
+    """``out`` [T, rows] = x [T, cols] @ W.T for W [rows, cols], float32 or quantized."""
+    if not isinstance(w, QuantBlock):
+        np.matmul(x, w.T, out=out)
+        return
+    if x.shape[0] > PARTIAL_MAX_ROWS:
+        apply_scales(w.q, w.scales, w.group)  # in place, on the cursor's scratch (in cache)
+        np.matmul(x, w.q.T, out=out)
+        return
+    _partial_products(x, w, out)
+
+
+def _partial_products(x: np.ndarray, w: QuantBlock, out: np.ndarray) -> None:
+    """sum over groups g of s[:, g] * (x_g @ q_g.T): the scales never touch the weights."""
+    t = x.shape[0]
+    rows, cols = w.q.shape
+    g = cols // w.group
+    full = g * w.group
+    if g:
+        xg = x[:, :full].reshape(t, g, w.group).transpose(1, 0, 2)  # [g, T, group]
+        qg = w.q[:, :full].reshape(rows, g, w.group).transpose(1, 2, 0)  # [g, group, rows]
+        part = np.matmul(xg, qg)  # [g, T, rows]
+        part *= w.scales[:, :g].T[:, None, :]  # [g, 1, rows]
+        np.sum(part, axis=0, out=out)
+    else:
+        out[...] = 0
+    if full < cols:  # the last, partial group
+        tail = x[:, full:] @ w.q[:, full:].T  # [T, rows]
+        tail *= w.scales[:, -1]
+        out += tail
 
 
 def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None) -> np.ndarray:
@@ -24,14 +64,18 @@ def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None
     Each block of rows writes its columns of ``y`` in place (no per-block outputs to join)."""
     names = (weight,) if bias is None else (weight, bias)
     y: np.ndarray | None = None
-    for r0, r1, arrays in cur.blocks(*names):
+    for r0, r1, arrays in cur.quant_blocks(*names):
         if y is None:
             y = np.empty((x.shape[0], cur.block_rows), dtype=np.float32)  # [T, out]
-        w = arrays[0].reshape(r1 - r0, -1)  # [rows, in]
+        w = arrays[0]
+        if not isinstance(w, QuantBlock):
+            w = w.reshape(r1 - r0, -1)  # [rows, in]
         out = y[:, r0:r1]  # [T, rows]
-        np.matmul(x, w.T, out=out)  # [T, in] @ [in, rows]
+        matmul_t(x, w, out)  # [T, in] @ [in, rows]
         if bias is not None:
-            rowwise(functools.partial(_add, b=arrays[1]), out)  # [rows], on both cores
+            b = arrays[1]
+            assert not isinstance(b, QuantBlock)  # only 2-d matrices are quantized
+            rowwise(functools.partial(_add, b=b), out)  # [rows], on both cores
     assert y is not None  # blocks() yields at least one block or raises
     return y
 
@@ -39,13 +83,15 @@ def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None
 def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:
     """silu(x @ G.T) * (x @ U.T): gate and up are split into the same row blocks. [T, inter]"""
     act: np.ndarray | None = None
-    for r0, r1, (g, u) in cur.blocks(gate, up):
+    for r0, r1, (g, u) in cur.quant_blocks(gate, up):
         if act is None:
             act = np.empty((x.shape[0], cur.block_rows), dtype=np.float32)  # [T, inter]
         a = act[:, r0:r1]  # [T, rows]
-        np.matmul(x, g.T, out=a)
+        matmul_t(x, g, a)
         a *= silu_factor(a)  # silu(x G^T) = (x G^T) * sigmoid(x G^T)
-        a *= x @ u.T  # [T, rows]
+        b = np.empty_like(a)
+        matmul_t(x, u, b)
+        a *= b  # [T, rows]
     assert act is not None
     return act
 

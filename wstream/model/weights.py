@@ -15,18 +15,24 @@ its slab, and tests poison released slabs to prove the forward never does).
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+import functools
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import cast
 
 import numpy as np
 
 from wstream.errors import WStreamError
+from wstream.format.chunk import Stored
 from wstream.format.chunk import widens as _widens
-from wstream.model.fast import widen_into
+from wstream.format.quant import QuantBlock, QuantPiece, apply_scales
+from wstream.model.fast import PARALLEL_MIN, parallel_pool, widen_into
 from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
 
 # A block reaches the forward as float32 pieces of at most this many elements (16 MiB): small
 # enough to stay in cache between widening and use, large enough for full-speed matmuls.
 SUB_ELEMENTS = 1 << 22
+
+Block = np.ndarray | QuantBlock  # what quant_blocks() yields per tensor
 
 
 class OrderError(WStreamError, RuntimeError):
@@ -49,7 +55,7 @@ class GroupCursor:
         self._chunks = chunks
         self._held: LoadedChunk | None = None
         self._pieces: Sequence[Piece] = ()
-        self._arrays: Sequence[np.ndarray] = ()
+        self._arrays: Sequence[Stored] = ()
         self._pos = 0  # next unread piece in the held chunk
         self._scratch = np.empty(0, np.float32)  # widened pieces of the current block
         self.block_rows = 0
@@ -70,7 +76,7 @@ class GroupCursor:
         self._pos = 0
         return True
 
-    def _find(self, name: str) -> tuple[Piece, np.ndarray] | None:
+    def _find(self, name: str) -> tuple[Piece, Stored] | None:
         """The next piece of ``name`` at or after the cursor, moving the cursor past it; None when
         the group's chunks run out first."""
         while True:
@@ -81,7 +87,7 @@ class GroupCursor:
             if not self._advance():
                 return None
 
-    def _take(self, name: str) -> tuple[Piece, np.ndarray]:
+    def _take(self, name: str) -> tuple[Piece, Stored]:
         """The next piece of ``name`` at or after the cursor, moving the cursor past it."""
         found = self._find(name)
         if found is None:
@@ -98,12 +104,28 @@ class GroupCursor:
             raise OrderError(
                 f"tensor {piece.name!r} is stored in row blocks; read it with blocks()"
             )
+        if isinstance(array, QuantPiece):
+            out = np.empty(array.shape, np.float32)
+            widen_into(out, array.values)
+            apply_scales(out, array.scales, array.group)
+            return out
         return array
 
     def blocks(
         self, *locals_: str, partial: bool = False
     ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+        """Row blocks of tensors split together, as float32: see :meth:`quant_blocks`."""
+        it = self._blocks(locals_, partial, keep_quant=False)
+        return cast(Iterator[tuple[int, int, tuple[np.ndarray, ...]]], it)
+
+    def quant_blocks(
+        self, *locals_: str, partial: bool = False
+    ) -> Iterator[tuple[int, int, tuple[Block, ...]]]:
         """Row blocks of tensors split together: yields (start, stop, (array, ...)).
+
+        A quantized tensor's block arrives as a :class:`QuantBlock` (its integers widened to
+        float32, the scales not yet applied: the consumer applies them where they cost least);
+        :meth:`blocks` applies them itself and yields float32 arrays only.
 
         All named tensors must share their row count; blocks arrive in row order and cover every
         row exactly once. The arrays of one block are valid until the next block is requested.
@@ -111,6 +133,11 @@ class GroupCursor:
         rows a prompt needs) the blocks that arrive may leave gaps; iteration ends when the
         group's chunks run out.
         """
+        return self._blocks(locals_, partial, keep_quant=True)
+
+    def _blocks(
+        self, locals_: Sequence[str], partial: bool, *, keep_quant: bool
+    ) -> Iterator[tuple[int, int, tuple[Block, ...]]]:
         names = [self.prefix + n for n in locals_]
         done = 0
         while True:
@@ -134,39 +161,48 @@ class GroupCursor:
                     )
             if start < done or (start != done and not partial):
                 raise OrderError(f"{first.name!r}: block starts at row {start}, expected {done}")
-            yield from self._float32_pieces(start, stop, [a for _, a in taken])
+            yield from self._float32_pieces(start, stop, [a for _, a in taken], keep_quant)
             done = stop
             if done >= total:
                 return
 
     def _float32_pieces(
-        self, start: int, stop: int, arrays: list[np.ndarray]
-    ) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+        self, start: int, stop: int, arrays: list[Stored], keep_quant: bool
+    ) -> Iterator[tuple[int, int, tuple[Block, ...]]]:
         """A block as float32 pieces of at most SUB_ELEMENTS per array, rows split together.
 
-        Weights may arrive in their stored dtype (bf16 straight from the page cache): each piece
-        is widened into this cursor's scratch just before it is used, so the float32 copy stays
-        in cache and the model is never held in float32. float32 input is cut the same way (as
-        views), so every matmul has the same shape whatever the source: eager and streamed
-        results stay bit-identical."""
-        row = max((a[0].size if a.ndim and a.shape[0] else 1) for a in arrays)
+        Weights may arrive in their stored dtype (bf16 or int8 straight from the page cache):
+        each piece is widened into this cursor's scratch just before it is used, so the float32
+        copy stays in cache and the model is never held in float32. float32 input is cut the
+        same way (as views), so every matmul has the same shape whatever the source: eager and
+        streamed results stay bit-identical."""
+        row = max(_row_size(a) for a in arrays)
         n = stop - start
         step = max(1, SUB_ELEMENTS // max(row, 1))
         for s0 in range(0, max(n, 1), step):
             s1 = min(s0 + step, n)
-            parts = [a[s0:s1] if a.ndim else a for a in arrays]
-            need = sum(p.size for p in parts if _widens(p.dtype))
+            parts = [_rows(a, s0, s1) for a in arrays]
+            need = sum(_values(p).size for p in parts if _widened(p))
             if self._scratch.size < need:
                 self._scratch = np.empty(need, np.float32)
-            pieces, used = [], 0
+            pieces: list[Block] = []
+            used = 0
             for part in parts:
-                if not _widens(part.dtype):
+                if not _widened(part):
+                    assert isinstance(part, np.ndarray)
                     pieces.append(part)
                     continue
-                dst = self._scratch[used : used + part.size].reshape(part.shape)
-                widen_into(dst, part)
-                used += part.size
-                pieces.append(dst)
+                values = _values(part)
+                dst = self._scratch[used : used + values.size].reshape(values.shape)
+                widen_into(dst, values)
+                used += values.size
+                if not isinstance(part, QuantPiece):
+                    pieces.append(dst)
+                elif keep_quant:
+                    pieces.append(QuantBlock(dst, part.scales, part.group))
+                else:
+                    _on_row_halves(functools.partial(_scale_rows, dst, part), len(dst), dst.size)
+                    pieces.append(dst)
             yield start + s0, start + s1, tuple(pieces)
 
     def close(self) -> None:
@@ -215,3 +251,36 @@ def _take_n(it: Iterator[LoadedChunk], n: int) -> Iterator[LoadedChunk]:
         if chunk is None:
             return
         yield chunk
+
+
+def _widened(a: Stored) -> bool:
+    """Widened into scratch before use: a float other than float32, or quantized values."""
+    return isinstance(a, QuantPiece) or _widens(a.dtype)
+
+
+def _values(a: Stored) -> np.ndarray:
+    return a.values if isinstance(a, QuantPiece) else a
+
+
+def _row_size(a: Stored) -> int:
+    v = _values(a)
+    return v[0].size if v.ndim and v.shape[0] else 1
+
+
+def _rows(a: Stored, s0: int, s1: int) -> Stored:
+    if isinstance(a, QuantPiece):
+        return a.row_slice(s0, s1)
+    return a[s0:s1] if a.ndim else a
+
+
+def _scale_rows(dst: np.ndarray, piece: QuantPiece, rows: slice) -> None:
+    apply_scales(dst[rows], piece.scales[rows], piece.group)
+
+
+def _on_row_halves(fn: Callable[[slice], None], rows: int, size: int) -> None:
+    """``fn`` over rows [0, rows) in two halves on both cores (numpy releases the GIL)."""
+    if rows < 2 or size < PARALLEL_MIN:
+        fn(slice(0, rows))
+        return
+    half = rows // 2
+    list(parallel_pool().map(fn, [slice(0, half), slice(half, rows)]))

@@ -93,16 +93,24 @@ class ContainerIndex:
 
 
 class EagerWeights(ContainerIndex):
-    """Every chunk decoded and widened to float32 up front: the load-everything baseline."""
+    """Every chunk decoded and widened to float32 up front: the load-everything baseline.
 
-    def __init__(self, container: Container, *, verify: bool = True) -> None:
+    ``keep_quantized`` keeps quantized pieces as their int8 values and scales (copied), as a
+    streaming loader with ``Widen.QUANTIZED`` hands them out."""
+
+    def __init__(
+        self, container: Container, *, verify: bool = True, keep_quantized: bool = False
+    ) -> None:
         super().__init__(container)
-        self._arrays: dict[str, list[np.ndarray]] = {}
+        self._arrays: dict[str, list[wchunk.Stored]] = {}
         for chunk in container.manifest.chunks:
             data = container.decode(chunk, verify=verify)
-            arrays = []
+            arrays: list[wchunk.Stored] = []
             for t, a in zip(chunk.tensors, wchunk.piece_views(chunk, data)):
-                if t.quant is not None:
+                if t.quant is not None and keep_quantized:
+                    # as Widen.QUANTIZED hands it out, so the forward's results are the same
+                    arrays.append(wchunk.quant_piece_of(t, data).copy())
+                elif t.quant is not None:
                     values = np.empty(t.piece_shape, np.float32)
                     wchunk.convert_piece(t, data, a, values)
                     arrays.append(values)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
+from wstream.format.chunk import Stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +26,13 @@ class Piece:
 
 
 class LoadedChunk(Protocol):
-    """A chunk in hand: its pieces as float32 arrays, valid until release()."""
+    """A chunk in hand: its pieces (arrays, or quantized values with scales), valid until
+    release()."""
 
     name: str
     group: str
 
-    def arrays(self) -> Sequence[np.ndarray]: ...  # one per piece, in piece order
+    def arrays(self) -> Sequence[Stored]: ...  # one per piece, in piece order
 
     def release(self) -> None: ...
 

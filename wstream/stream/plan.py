@@ -31,12 +31,17 @@ class Widen(enum.StrEnum):
       chunks of a local file zero-copy. What the file holds, converted only where it must be.
     - ``FLOAT32``: every float widened to float32 by the workers, quantized pieces dequantized.
     - ``DEQUANTIZE``: quantized pieces as float32, every other piece as stored (zero-copy for raw
-      chunks): what the forward wants, since it widens bf16 piece by piece while it is in cache.
+      chunks).
+    - ``QUANTIZED``: every piece as stored, a quantized one as its int8 values and scales
+      (:class:`~wstream.format.quant.QuantPiece`; zero-copy for raw chunks): what the forward
+      wants, since it widens bf16 and int8 piece by piece while the piece is in cache, and
+      applies INT8 scales where they cost least (``bench/quant_kernels.py``).
     """
 
     STORED = "stored"
     FLOAT32 = "float32"
     DEQUANTIZE = "dequantize"
+    QUANTIZED = "quantized"
 
     @classmethod
     def parse(cls, value: Widen | str) -> Widen:
@@ -48,6 +53,12 @@ class Widen(enum.StrEnum):
 
 
 DEFAULT_WIDEN = Widen.STORED  # the one default of every API that takes a widen mode
+_INT8 = np.dtype(np.int8)  # the out dtype of a quantized piece handed out as stored
+
+
+def as_stored(t: TensorEntry, dtype: np.dtype) -> bool:
+    """The piece is handed out as it lies in the decoded chunk (no conversion)."""
+    return dtype == _INT8 if t.quant is not None else dtype == t.dtype.numpy
 
 
 def page_span(chunk: ChunkEntry) -> tuple[int, int]:
@@ -61,6 +72,8 @@ def out_dtype(t: TensorEntry, widen: Widen) -> np.dtype:
     """The dtype a consumer gets for a piece under ``widen`` (see :class:`Widen`)."""
     logical = t.dtype.numpy
     if t.quant is not None:
+        if widen is Widen.QUANTIZED:
+            return _INT8  # handed out as stored: values and scales
         return np.dtype(np.float32) if widen is not Widen.STORED else logical
     if widen is Widen.FLOAT32 and widens(logical):
         return np.dtype(np.float32)
@@ -87,10 +100,7 @@ class LoadPlan:
     @property
     def converts(self) -> bool:
         """Pieces are converted (widened or dequantized) into slab 0."""
-        return any(
-            t.quant is not None or d != t.dtype.numpy
-            for t, d in zip(self.chunk.tensors, self.out_dtypes)
-        )
+        return not all(as_stored(t, d) for t, d in zip(self.chunk.tensors, self.out_dtypes))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -115,7 +125,7 @@ def plan_load(chunk: ChunkEntry, widen: Widen, *, mapped_source: bool = True) ->
     """The plan for bringing ``chunk`` in under ``widen``, from a source with a map or not."""
     dtypes = tuple(out_dtype(t, widen) for t in chunk.tensors)
     read = 0 if mapped_source or chunk.is_raw else chunk.nbytes
-    if all(t.quant is None and d == t.dtype.numpy for t, d in zip(chunk.tensors, dtypes)):
+    if all(as_stored(t, d) for t, d in zip(chunk.tensors, dtypes)):
         same = tuple(t.offset for t in chunk.tensors)
         if chunk.is_raw and mapped_source:
             return LoadPlan(chunk, True, True, 0, 0, 0, same, dtypes)

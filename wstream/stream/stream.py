@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
 from wstream import errors as E
 from wstream.container.reader import Container
+from wstream.format.chunk import Stored
 from wstream.stream.plan import LoadPlan
 from wstream.stream.pool import Lease, SlabPool
 from wstream.stream.worker import Loaded, StoredReader, load_chunk
@@ -62,7 +61,7 @@ class StreamChunk:
         name: str,
         group: str,
         names: tuple[str, ...],
-        arrays: list[np.ndarray],
+        arrays: list[Stored],
         on_release: Callable[[], None] | None,
     ) -> None:
         self.name = name
@@ -72,12 +71,12 @@ class StreamChunk:
         self._on_release = on_release
         self.released = False
 
-    def arrays(self) -> Sequence[np.ndarray]:
+    def arrays(self) -> Sequence[Stored]:
         """One array per piece, in manifest order."""
         return self._arrays
 
     @property
-    def tensors(self) -> dict[str, np.ndarray]:
+    def tensors(self) -> dict[str, Stored]:
         """Piece arrays by tensor name (a row block is keyed by its tensor's name)."""
         return dict(zip(self._names, self._arrays))
 
@@ -96,7 +95,7 @@ class StreamChunk:
         self.release()
 
 
-Resident = dict[str, tuple[Lease, list[np.ndarray]]]
+Resident = dict[str, tuple[Lease, list[Stored]]]
 
 
 class ChunkStream(Iterator[StreamChunk]):
@@ -286,7 +285,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self.stats.max_ahead = max(self.stats.max_ahead, self._next_submit - self._next_yield)
         return out
 
-    def _hand_out(self, i: int, arrays: list[np.ndarray], lease: Lease | None) -> StreamChunk:
+    def _hand_out(self, i: int, arrays: list[Stored], lease: Lease | None) -> StreamChunk:
         plan = self._planner(self.order[i])
 
         def release() -> None:

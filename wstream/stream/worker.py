@@ -54,7 +54,7 @@ class Loaded:
 
     plan: LoadPlan
     lease: Lease
-    arrays: list[np.ndarray]
+    arrays: list[wchunk.Stored]
     read_seconds: float = 0.0
     decode_seconds: float = 0.0
 
@@ -96,7 +96,7 @@ def load_chunk(
         _prefault(container, chunk, src)
     t1 = time.perf_counter()
     if plan.zero_copy:
-        return Loaded(plan, lease, wchunk.piece_views(chunk, src), t1 - t0, 0.0)
+        return Loaded(plan, lease, wchunk.stored_pieces(chunk, src), t1 - t0, 0.0)
     if chunk.is_raw:
         decoded = np.frombuffer(src, np.uint8)
     else:
@@ -108,7 +108,7 @@ def load_chunk(
     stored_arrays = wchunk.piece_views(chunk, decoded)
     if plan.converts:
         out = lease.array(0)
-        arrays = []
+        arrays: list[wchunk.Stored] = []
         for t, a, off, dtype in zip(
             chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes
         ):
@@ -118,7 +118,7 @@ def load_chunk(
         if plan.temp_nbytes:
             pool.return_early(lease, slab=1)
     else:
-        arrays = stored_arrays
+        arrays = wchunk.stored_pieces(chunk, decoded)
     del stored_arrays, decoded, src
     # The stored bytes are consumed: drop their pages now rather than at release.
     container.drop_pages(chunk)
