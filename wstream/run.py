@@ -21,7 +21,7 @@ from wstream.container.reader import Container
 from wstream.errors import InputError
 from wstream.model.config import from_hf
 from wstream.model.vlm import check_inputs, generate
-from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.loader import StreamingLoader, forward_weights
 from wstream.stream.pieces import WeightSource
 
 MAX_IMAGE_SIDE = 448  # MiniCPM-V's slice resolution: --image is resized to fit it
@@ -35,17 +35,14 @@ DEFAULT_PREFETCH = 2
 def make_weights(container: Container, budget: int | None, prefetch: int | None) -> WeightSource:
     """The weight source ``run`` uses: the streaming loader, ``prefetch`` chunks ahead (default
     2) under ``budget`` bytes (None: no limit; every chunk stays once loaded)."""
-    return StreamingLoader(
-        container,
-        budget=budget,
-        prefetch=DEFAULT_PREFETCH if prefetch is None else prefetch,
-        widen="quantized",  # the forward widens bf16 and int8 in cache-sized pieces itself
+    return forward_weights(
+        container, budget=budget, prefetch=DEFAULT_PREFETCH if prefetch is None else prefetch
     )
 
 
 def load_everything(container: Container, budget: int | None, prefetch: int | None) -> WeightSource:
     """The baseline: every chunk decoded and widened up front, as a plain loader would."""
-    return EagerWeights(container, keep_quantized=True)  # the int8 pieces as streamed
+    return forward_weights(container, eager=True)
 
 
 @dataclass(frozen=True)

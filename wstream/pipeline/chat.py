@@ -64,7 +64,7 @@ from wstream.pipeline.sampling import (
 )
 from wstream.pipeline.template import ChatTemplate, build_prompt
 from wstream.pipeline.tokenizer import Tokenizer
-from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.loader import forward_weights
 from wstream.stream.pieces import WeightSource
 
 # The files a chat needs beside the weights (HF names), and the optional ones.
@@ -243,11 +243,7 @@ class Model:
         started = time.perf_counter()
         container = Container(path)
         try:
-            weights: WeightSource = (
-                EagerWeights(container)
-                if eager
-                else StreamingLoader(container, budget=budget, prefetch=prefetch)
-            )
+            weights = forward_weights(container, budget=budget, prefetch=prefetch, eager=eager)
             try:
                 return cls(container, weights, opened_seconds=time.perf_counter() - started)
             except BaseException:

@@ -27,7 +27,7 @@ from wstream.container.source import ByteSource
 from wstream.errors import InputError
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry
-from wstream.stream.pieces import Piece
+from wstream.stream.pieces import Piece, WeightSource
 from wstream.stream.plan import DEFAULT_WIDEN, LoadPlan, Widen, plan_load
 from wstream.stream.pool import SlabPool
 from wstream.stream.stream import ChunkStream, Resident, StreamChunk, StreamStats
@@ -334,3 +334,17 @@ def open_container(
     :class:`~wstream.container.source.ByteSource`. ``mapped``: read a local file through a shared
     map, zero-copy (see :class:`~wstream.container.source.LocalFile` for what that risks)."""
     return StreamingContainer(source, mapped=mapped)
+
+
+def forward_weights(
+    container: Container, *, budget: int | None = None, prefetch: int = 2, eager: bool = False
+) -> WeightSource:
+    """The weight source the forward pass runs on (``wstream run``, ``Model.open``).
+
+    Streamed: ``prefetch`` chunks ahead under ``budget`` bytes (None: no limit, every chunk stays
+    once loaded), each piece handed out as stored, bf16 and int8 alike, since the forward widens
+    them in cache-sized pieces itself. ``eager``: the load-everything baseline, every chunk
+    decoded up front (int8 pieces kept as stored, so both give bit-identical logits)."""
+    if eager:
+        return EagerWeights(container, keep_quantized=True)
+    return StreamingLoader(container, budget=budget, prefetch=prefetch, widen=Widen.QUANTIZED)
