@@ -1,0 +1,1 @@
+"""Container I/O: byte sources, reader, writer, checkpoint sources."""
