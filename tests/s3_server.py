@@ -26,10 +26,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import botocore.session
+import pytest
 from botocore.config import Config
 
+BUCKET = "wstream-test"  # created by the s3 fixture
 ACCESS_KEY = "wstream-test"
 SECRET_KEY = "wstream-test-secret"
 REGION = "us-east-1"
@@ -94,7 +97,7 @@ class S3Server:
             "AWS_REGION": REGION,
         }
 
-    def admin_client(self) -> object:
+    def admin_client(self) -> Any:
         """A boto3 S3 client with explicit settings, for test setup (buckets, uploads)."""
         return botocore.session.get_session().create_client(
             "s3",
@@ -137,10 +140,10 @@ def _wait_ready(server: S3Server, proc: subprocess.Popen[bytes], log: Path) -> N
             tail = log.read_text(errors="replace")[-2000:]
             raise RuntimeError(f"weed exited with {proc.returncode} during start:\n{tail}")
         try:
-            client.list_buckets()  # type: ignore[attr-defined]
+            client.list_buckets()
             # the S3 gateway answers before the volume server takes writes: wait for a write
-            client.create_bucket(Bucket="wstream-ready")  # type: ignore[attr-defined]
-            client.put_object(Bucket="wstream-ready", Key="ping", Body=b"ok")  # type: ignore[attr-defined]
+            client.create_bucket(Bucket="wstream-ready")
+            client.put_object(Bucket="wstream-ready", Key="ping", Body=b"ok")
             return
         except Exception as exc:  # any failure means "not up yet" until the deadline
             last = exc
@@ -208,3 +211,24 @@ def running_server(root: Path, volume_size_limit_mb: int = 1024) -> Iterator[S3S
         # gRPC also listens on a unix socket named after the port; remove ours
         with contextlib.suppress(OSError):
             os.unlink(f"/tmp/seaweedfs-s3-grpc-{s3_g}.sock")
+
+
+# --- pytest fixtures (imported by tests/conftest.py, so one server serves the session) --------
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with running_server(tmp_path_factory.mktemp("weed")) as server:
+        with pytest.MonkeyPatch.context() as mp:
+            for name in [k for k in os.environ if k.startswith("AWS_")]:
+                mp.delenv(name)  # only the server's settings, never a developer's own
+            for name, value in server.environ().items():
+                mp.setenv(name, value)
+            admin = server.admin_client()
+            admin.create_bucket(Bucket=BUCKET)
+            yield server
+
+
+@pytest.fixture(scope="session")
+def s3_admin(s3: S3Server) -> Any:
+    return s3.admin_client()

@@ -19,7 +19,7 @@ import pytest
 from fault_proxy import FaultProxy
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from s3_server import S3Server, running_server
+from s3_server import BUCKET, S3Server
 from strategies import examples
 
 from wstream import errors as E
@@ -27,39 +27,20 @@ from wstream.container.http import HttpSource
 from wstream.container.remote import RemoteOptions, RetryPolicy, Target, coalesce
 from wstream.container.s3 import S3Source, parse_s3_url
 
-BUCKET = "wstream-test"
 KiB, MiB = 1 << 10, 1 << 20
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, deadline=5.0)
 FAST = RemoteOptions(part_size=256 * KiB, read_timeout=0.5, connect_timeout=1.0, retry=FAST_RETRY)
 
 
-@pytest.fixture(scope="session")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with running_server(tmp_path_factory.mktemp("weed")) as server:
-        with pytest.MonkeyPatch.context() as mp:
-            for name in [k for k in os.environ if k.startswith("AWS_")]:
-                mp.delenv(name)  # only the server's settings, never a developer's own
-            for name, value in server.environ().items():
-                mp.setenv(name, value)
-            admin: Any = server.admin_client()
-            admin.create_bucket(Bucket=BUCKET)
-            yield server
-
-
-@pytest.fixture(scope="session")
-def admin(s3: S3Server) -> Any:
-    return s3.admin_client()
-
-
-def put(admin: Any, key: str, data: bytes) -> str:
-    admin.put_object(Bucket=BUCKET, Key=key, Body=data)
+def put(s3_admin: Any, key: str, data: bytes) -> str:
+    s3_admin.put_object(Bucket=BUCKET, Key=key, Body=data)
     return f"s3://{BUCKET}/{key}"
 
 
 @pytest.fixture(scope="session")
-def blob(admin: Any) -> tuple[str, bytes]:
+def blob(s3_admin: Any) -> tuple[str, bytes]:
     data = os.urandom(3 * MiB + 12345)
-    return put(admin, "blob.bin", data), data
+    return put(s3_admin, "blob.bin", data), data
 
 
 @pytest.fixture
@@ -253,7 +234,7 @@ def test_a_slow_capped_link_still_gives_identical_bytes(
 
 
 def test_missing_objects_and_buckets_are_named_errors_without_retries(
-    proxy: FaultProxy, admin: Any
+    proxy: FaultProxy, s3_admin: Any
 ) -> None:
     with pytest.raises(E.ObjectNotFound, match=r"s3://wstream-test/nope\.wst: open"):
         S3Source(f"s3://{BUCKET}/nope.wst", FAST)
@@ -262,17 +243,17 @@ def test_missing_objects_and_buckets_are_named_errors_without_retries(
     assert len(proxy.seen) == 2
 
 
-def test_an_object_replaced_between_reads_is_object_changed(admin: Any) -> None:
+def test_an_object_replaced_between_reads_is_object_changed(s3_admin: Any) -> None:
     first = os.urandom(300_000)
-    url = put(admin, "replaced.bin", first)
+    url = put(s3_admin, "replaced.bin", first)
     with S3Source(url) as src:
         out = memoryview(bytearray(1000))
         src.read_into(100_000, out)
         assert bytes(out) == first[100_000:101_000]
-        put(admin, "replaced.bin", os.urandom(300_000))  # same size, other bytes
+        put(s3_admin, "replaced.bin", os.urandom(300_000))  # same size, other bytes
         with pytest.raises(E.ObjectChanged, match=r"replaced\.bin: bytes 100000-100999"):
             src.read_into(100_000, out)
-        put(admin, "replaced.bin", first[:1000])  # even the old ETag would not fit the size
+        put(s3_admin, "replaced.bin", first[:1000])  # even the old ETag would not fit the size
         with pytest.raises(E.ObjectChanged):
             src.read_into(100_000, out)
     assert bytes(out) == first[100_000:101_000]  # never a mix: the buffer kept the old bytes
@@ -330,8 +311,8 @@ def test_close_stops_a_read_stuck_on_a_stalled_server(
 # --- HTTP(S) URLs ------------------------------------------------------------------------------
 
 
-def test_http_source_reads_a_presigned_url(admin: Any, blob: tuple[str, bytes]) -> None:
-    url = admin.generate_presigned_url(
+def test_http_source_reads_a_presigned_url(s3_admin: Any, blob: tuple[str, bytes]) -> None:
+    url = s3_admin.generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": "blob.bin"}, ExpiresIn=600
     )
     data = blob[1]
@@ -345,14 +326,14 @@ def test_http_source_reads_a_presigned_url(admin: Any, blob: tuple[str, bytes]) 
         HttpSource(url.split("?")[0], FAST)  # unsigned: the server refuses
 
 
-def test_http_source_detects_a_replaced_object(admin: Any) -> None:
-    key_url = put(admin, "http-replaced.bin", os.urandom(200_000))
+def test_http_source_detects_a_replaced_object(s3_admin: Any) -> None:
+    key_url = put(s3_admin, "http-replaced.bin", os.urandom(200_000))
     key = key_url.rsplit("/", 1)[1]
-    url = admin.generate_presigned_url(
+    url = s3_admin.generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=600
     )
     with HttpSource(url, FAST) as src:
-        put(admin, key, os.urandom(200_000))
+        put(s3_admin, key, os.urandom(200_000))
         with pytest.raises(E.ObjectChanged):
             src.read_into(100_000, memoryview(bytearray(10)))
 
