@@ -132,6 +132,20 @@ def small_latency(fetch: Fetch, size: int, n: int = 64) -> float:
     return statistics.median(times)
 
 
+def open_latency(size: int, n: int = 20) -> float:
+    """S3Source open (one GET: size, ETag, head bytes) + preamble + a 64 KiB tail read (the
+    manifest's GET): what opening a container costs, client creation included."""
+    times = []
+    tail = memoryview(bytearray(64 * 1024))
+    for _ in range(n):
+        t0 = time.perf_counter()
+        with S3Source(f"s3://{BUCKET}/{KEY}") as src:
+            src.read_into(0, memoryview(bytearray(64)))
+            src.read_into(size - len(tail), tail)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-mb", type=int, default=1024)
@@ -180,6 +194,7 @@ def main() -> None:
                         speeds[name].append(size / seconds / 1e6)
                         print(f"round {r} {name}: {size / seconds / 1e6:.0f} MB/s", flush=True)
             latency = {name: small_latency(fetch, size) for name, (fetch, _) in clients.items()}
+            opened = open_latency(size)
             for _, close in clients.values():
                 close()
     print()
@@ -191,6 +206,8 @@ def main() -> None:
         f"command: python bench/s3_client.py --size-mb {args.size_mb} --part-mb "
         f"{args.part_mb} --concurrency {args.concurrency} --rounds {args.rounds}"
     )
+    print()
+    print(f"S3Source open + preamble + 64 KiB manifest read: {opened * 1e3:.1f} ms (median of 20)")
     print()
     print("| client | download MB/s (median) | rounds | 4 KiB ranged GET median ms |")
     print("|---|---|---|---|")

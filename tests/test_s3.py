@@ -100,6 +100,9 @@ def test_open_costs_one_get_and_the_manifest_one_more(
         assert bytes(tail) == data[-5000:]
         assert gets(proxy) == ["bytes=0-65535", f"bytes={len(data) - 5000}-{len(data) - 1}"]
         assert all(s.method == "GET" for s in proxy.seen)
+        for offset in range(100_000, 1_000_000, 100_000):  # one after another: one connection
+            src.read_into(offset, tail)
+        assert proxy.connections == 1
 
 
 @pytest.fixture(scope="module")

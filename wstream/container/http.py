@@ -87,9 +87,10 @@ class HttpSource(RemoteSource):
         except HTTPError as exc:
             raise _transport_error(exc) from None
         if resp.status != 206:
-            resp.drain_conn()  # error bodies are small; the connection stays usable
             if resp.status == 200:
+                resp.close()  # the whole resource is coming: do not read it
                 raise E.RangeError(f"{what}: server answered 200, it does not serve byte ranges")
+            resp.drain_conn()  # error bodies are small; the connection stays usable
             raise _status_error(resp.status, what)
         return resp
 

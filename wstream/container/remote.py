@@ -24,6 +24,7 @@ import mmap
 import random
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -211,7 +212,7 @@ def retrying(
                 raise E.RemoteError(f"{what}: source closed") from None
 
 
-class RemoteSource:
+class RemoteSource(ABC):
     """Base of remote ByteSources. Subclasses set ``_name``, ``_size``, ``_version`` and
     ``_head`` in their constructor (via :meth:`_open`) and implement :meth:`_get`."""
 
@@ -228,11 +229,11 @@ class RemoteSource:
 
     # --- the one thing a subclass does -------------------------------------------------------
 
+    @abstractmethod
     def _get(self, request: Request) -> None:
         """One ranged GET of [request.start, request.end) pinned to ``self._version``, body
         scattered with :func:`scatter`. Raises :class:`Retryable` for transient failures and a
         named RemoteError for the rest."""
-        raise NotImplementedError
 
     # --- ByteSource ---------------------------------------------------------------------------
 
@@ -296,8 +297,9 @@ class RemoteSource:
             pool.shutdown(wait=True, cancel_futures=True)
         self._release()
 
+    @abstractmethod
     def _release(self) -> None:
-        """Close the client's connections (subclasses)."""
+        """Close the client's connections."""
 
     def __enter__(self) -> RemoteSource:
         return self

@@ -199,7 +199,8 @@ class S3Source(RemoteSource):
         complete = False
         try:
             start, end, total = parse_content_range(resp.get("ContentRange"), what)
-            self._check_open(what, total, str(resp.get("ETag")))
+            etag = resp.get("ETag")  # a server that sends none still honoured If-Match
+            self._check_open(what, total, None if etag is None else str(etag))
             if (start, end) != (request.start, request.end):
                 raise E.RangeError(f"{what}: server answered bytes {start}-{end - 1}")
             if int(resp["ContentLength"]) != end - start:
