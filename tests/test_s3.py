@@ -74,6 +74,34 @@ def test_coalesce_merges_neighbours_and_splits_large() -> None:
     assert [(r.start, r.end) for r in plan] == [(0, 10), (10, 20), (20, 25)]
 
 
+@given(
+    spans=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 3000)), max_size=12),
+    max_gap=st.integers(0, 2000),
+    max_request=st.integers(1, 4000),
+)
+def test_coalesce_plans_cover_every_byte_once(
+    spans: list[tuple[int, int]], max_gap: int, max_request: int
+) -> None:
+    targets, cursor = [], 0
+    for gap, n in spans:  # non-overlapping, in any order
+        targets.append(Target(cursor + gap, memoryview(bytearray(n))))
+        cursor += gap + n
+    plan = coalesce(targets[::-1], max_gap, max_request)
+    covered = [(t.offset, t.offset + len(t.out)) for r in plan for t in r.targets]
+    # each target's bytes are asked for exactly once, inside its request, requests in order
+    assert sorted(covered) == covered
+    want = [(t.offset, t.offset + len(t.out)) for t in targets]
+    assert [i for a, b in covered for i in range(a, b)] == sorted(
+        i for a, b in want for i in range(a, b)
+    )
+    for r in plan:
+        assert r.end - r.start <= max_request
+        assert all(r.start <= t.offset and t.offset + len(t.out) <= r.end for t in r.targets)
+        assert r.start == r.targets[0].offset and r.end == r.targets[-1].offset + len(
+            r.targets[-1].out
+        )
+
+
 def test_options_are_checked() -> None:
     with pytest.raises(E.InputError, match="concurrency: 0"):
         RemoteOptions(concurrency=0)
