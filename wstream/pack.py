@@ -297,7 +297,9 @@ def pack(
     threads: int = 1,
     progress: ProgressFn | None = None,
 ) -> PackReport:
-    """Convert a checkpoint (file or sharded directory) into ``dst``.
+    """Convert a checkpoint (file or sharded directory) into ``dst``: a path, or
+    ``s3://bucket/key`` (a multipart upload while packing; the object appears only when the
+    pack completes, and an interrupted pack aborts the upload).
 
     ``codec`` raw or zstd; ``level`` None picks the measured best (see codecs); ``shuffle``
     groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
@@ -325,8 +327,8 @@ def pack(
     storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
     plans = layout_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
     largest = max((p.raw_nbytes for p in plans), default=0)
-    dst = Path(dst)
-    if dst.resolve() in {f.resolve() for f in ckpt.files}:
+    remote = isinstance(dst, str) and dst.startswith("s3://")  # uploaded while packing
+    if not remote and Path(dst).resolve() in {f.resolve() for f in ckpt.files}:
         raise InputError(f"output: {dst} is one of the source files")
 
     # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
@@ -375,7 +377,7 @@ def pack(
         tensors=len(manifest.tensors),
         chunks=len(manifest.chunks),
         bytes_in=ckpt.nbytes,
-        bytes_out=dst.stat().st_size,
+        bytes_out=writer.nbytes,
         seconds=time.perf_counter() - started,
         lossy=manifest.lossy,
         manifest=manifest,

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from wstream.container.atomic import AtomicFile
+from wstream.container.cache import ChunkCache
 from wstream.container.reader import Container
 from wstream.errors import InputError, LossyUnpack
 from wstream.format import chunk as wchunk
@@ -46,13 +47,18 @@ def safetensors_header(container: Container) -> tuple[bytes, dict[str, int]]:
 
 
 def unpack(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, allow_lossy: bool = False
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    allow_lossy: bool = False,
+    cache: ChunkCache | None = None,
 ) -> int:
-    """Write ``dst`` (safetensors) from ``src`` (.wst); returns the number of tensors.
+    """Write ``dst`` (safetensors) from ``src`` (.wst: a path or a URL); returns the number of
+    tensors. ``cache`` keeps a remote container's verified chunks on local disk.
 
-    >>> unpack("model.wst", "model.safetensors")            # doctest: +SKIP
+    >>> unpack("s3://bucket/model.wst", "model.safetensors")            # doctest: +SKIP
     """
-    with Container(src) as c:
+    with Container(src, cache=cache) as c:
         if c.manifest.lossy and not allow_lossy:
             raise LossyUnpack(
                 f"{src}: this container is lossy (quantized or converted); its values differ "

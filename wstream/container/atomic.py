@@ -37,6 +37,9 @@ class AtomicFile:
             n = os.pwrite(self.fd, view, offset)
             view, offset = view[n:], offset + n
 
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self.fd, size)
+
     def commit(self) -> None:
         os.fsync(self.fd)  # if this fails, discard() (or the with block) still cleans up
         os.close(self.fd)

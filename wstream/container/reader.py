@@ -20,8 +20,11 @@ from types import TracebackType
 
 import numpy as np
 
+from wstream.container.cache import ChunkCache, ChunkKey
 from wstream.container.header import read_header
-from wstream.container.source import ByteSource, LocalFile
+from wstream.container.open import open_source
+from wstream.container.remote import RemoteOptions
+from wstream.container.source import ByteSource
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry, TensorEntry
 
@@ -35,17 +38,26 @@ def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
 class Container:
     """A validated, open .wst container.
 
-    ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`) or any
-    :class:`~wstream.container.source.ByteSource`, which the container then owns and closes.
+    ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`), a URL
+    (``s3://bucket/key``, ``https://...``: see :func:`~wstream.container.open.open_source`,
+    tuned by ``options``) or any :class:`~wstream.container.source.ByteSource`, which the
+    container then owns and closes. ``cache`` (a
+    :class:`~wstream.container.cache.ChunkCache`) serves a source without a map from verified
+    local copies of its chunks and stores what it fetches; a mapped (local) source ignores it.
 
-    >>> with Container("model.wst") as c:                   # doctest: +SKIP
+    >>> with Container("s3://bucket/model.wst") as c:       # doctest: +SKIP
     ...     w = c.tensor("llm.lm_head.weight")
     """
 
-    def __init__(self, source: str | os.PathLike[str] | ByteSource) -> None:
-        self.source: ByteSource = (
-            LocalFile(source) if isinstance(source, (str, os.PathLike)) else source
-        )
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | ByteSource,
+        *,
+        cache: ChunkCache | None = None,
+        options: RemoteOptions | None = None,
+    ) -> None:
+        self.source: ByteSource = open_source(source, options)
+        self.cache = cache
         try:
             self.preamble, self.manifest = read_header(self.source)
         except BaseException:
@@ -82,12 +94,31 @@ class Container:
         if mapped is not None:
             return memoryview(mapped)[chunk.offset : chunk.offset + chunk.nbytes]
         out = memoryview(bytearray(chunk.nbytes))
-        self.source.read_into(chunk.offset, out)
+        self.read_stored_into(chunk, out)
         return out
 
     def read_stored_into(self, chunk: ChunkEntry, out: memoryview) -> None:
-        """Fill ``out`` (exactly ``chunk.nbytes`` long) with the chunk's stored bytes."""
+        """Fill ``out`` (exactly ``chunk.nbytes`` long) with the chunk's stored bytes.
+
+        With a cache: a hit is read from it (its CRC checked there); a miss is read from the
+        source, checked, and stored. Without one, the caller checks the CRC (the loader does,
+        on its worker, so a chunk is checked once)."""
+        if self.cache is None or self.source.mapping() is not None:
+            self.source.read_into(chunk.offset, out)
+            return
+        key = self.cache_key(chunk)
+        if self.cache.get_into(key, out):
+            return
         self.source.read_into(chunk.offset, out)
+        wchunk.check_crc(chunk, out)  # never store bad bytes (put checks again, cheaply)
+        self.cache.put(key, out)
+
+    def cache_key(self, chunk: ChunkEntry) -> ChunkKey:
+        """What names a chunk's bytes in a cache: source, its version, and the chunk itself."""
+        index = self.manifest.chunk_index[chunk.name]
+        return ChunkKey(
+            self.source.name, self.source.version, index, chunk.offset, chunk.nbytes, chunk.crc32
+        )
 
     def advise(self, chunk: ChunkEntry, advice: int) -> None:
         """``madvise`` the pages of a chunk's stored bytes, when the source is mapped."""

@@ -241,3 +241,46 @@ class S3Upload:
     def _shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._client.close()
+
+
+class UploadFile:
+    """The writer's sink (:class:`~wstream.container.writer.Sink`) over an :class:`S3Upload`.
+
+    The writer writes forward only, except its preamble, which it writes last at offset 0:
+    a write at the current end appends, a write past it appends zeros first (the alignment
+    padding between chunks), and a write below it is a :meth:`S3Upload.patch` (the first part
+    is held back until complete, so offset 0 is always reachable)."""
+
+    def __init__(self, url: str, *, part_size: int = 16 * MiB, concurrency: int = 4) -> None:
+        self.upload = S3Upload(url, part_size=part_size, concurrency=concurrency)
+        self.name = self.upload.name
+
+    def pwrite_all(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        view = memoryview(data).cast("B")
+        end = self.upload.size
+        if offset < end:
+            if offset + len(view) > end:
+                raise E.UploadError(
+                    f"{self.name}: write of bytes [{offset}, {offset + len(view)}) overlaps the "
+                    f"end ({end}): only whole rewrites of bytes already written can be patched"
+                )
+            self.upload.patch(offset, view)
+            return
+        gap = offset - end
+        while gap:
+            n = min(gap, MiB)
+            self.upload.write(bytes(n))
+            gap -= n
+        self.upload.write(view)
+
+    def truncate(self, size: int) -> None:
+        if size != self.upload.size:
+            raise E.UploadError(
+                f"{self.name}: cannot truncate an upload of {self.upload.size} bytes to {size}"
+            )
+
+    def commit(self) -> None:
+        self.upload.complete()
+
+    def discard(self) -> None:
+        self.upload.abort()

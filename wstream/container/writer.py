@@ -5,6 +5,10 @@ into a temporary file beside the target and renames it into place only after the
 been written, checked by the same parser readers use, and fsync'ed. An interrupted write (an
 exception, Ctrl-C, a crash) therefore never leaves a file at the target path, and an existing
 file there stays untouched until the new one is complete.
+
+The target may also be ``s3://bucket/key``: the bytes then go out as a multipart upload while
+they are written (:class:`~wstream.container.upload.UploadFile`), completed by close() and
+aborted by abort(), so the object too appears only when whole.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from wstream import errors as E
 from wstream._version import __version__
@@ -34,6 +38,24 @@ from wstream.format.manifest import (
 Buffer = bytes | bytearray | memoryview
 
 
+class Sink(Protocol):
+    """Where a writer's bytes go: a temporary local file, or a multipart upload."""
+
+    def pwrite_all(self, data: Buffer, offset: int) -> None: ...
+    def truncate(self, size: int) -> None: ...
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+def open_sink(target: str | os.PathLike[str]) -> Sink:
+    """An :class:`~wstream.container.atomic.AtomicFile` beside a path, or an upload to S3."""
+    if isinstance(target, str) and target.startswith("s3://"):
+        from wstream.container.upload import UploadFile
+
+        return UploadFile(target)
+    return AtomicFile(target)
+
+
 class WriterState(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -49,19 +71,21 @@ class ContainerWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.target = str(path)
         self.path = Path(path)
         self.state = WriterState.OPEN
         self._chunks: list[ChunkEntry] = []
         self._names: set[str] = set()
-        self._file = AtomicFile(self.path)
+        self._file = open_sink(path)
         self._end = spec.DATA_START  # next free byte; the preamble is written last
+        self.nbytes = 0  # the container's size, once closed
         try:
             self._file.pwrite_all(bytes(spec.DATA_START), 0)
         except BaseException:  # e.g. a full disk: no temporary file is left behind
             self._file.discard()
             raise
 
-    def _guard(self, action: str) -> AtomicFile:
+    def _guard(self, action: str) -> Sink:
         if self.state is not WriterState.OPEN:
             raise E.WStreamError(f"cannot {action}: writer is {self.state.value}")
         return self._file
@@ -126,7 +150,7 @@ class ContainerWriter:
                 )
             m_off = self._end
             file.pwrite_all(body, m_off)
-            os.ftruncate(file.fd, m_off + len(body))
+            file.truncate(m_off + len(body))
             preamble = pack_preamble(m_off, len(body), crc.crc32(body))
             file.pwrite_all(preamble, 0)
             # Read our own output back through the reader's parser: a writer bug must never
@@ -137,6 +161,7 @@ class ContainerWriter:
         except BaseException:
             self.abort()
             raise
+        self.nbytes = m_off + len(body)
         self.state = WriterState.CLOSED
         return checked
 

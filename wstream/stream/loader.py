@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from wstream.container.cache import ChunkCache
 from wstream.container.reader import Container
+from wstream.container.remote import RemoteOptions
 from wstream.container.source import ByteSource
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry
@@ -290,7 +292,14 @@ class StreamingContainer(Container):
             loader.close()
 
 
-def open_container(source: str | os.PathLike[str] | ByteSource) -> StreamingContainer:
-    """Open and validate a container (reads the preamble and manifest only): a path, or any
-    :class:`~wstream.container.source.ByteSource`."""
-    return StreamingContainer(source)
+def open_container(
+    source: str | os.PathLike[str] | ByteSource,
+    *,
+    cache: ChunkCache | None = None,
+    options: RemoteOptions | None = None,
+) -> StreamingContainer:
+    """Open and validate a container (reads the preamble and manifest only): a path, a URL
+    (``s3://bucket/key``, ``https://...``) or any :class:`~wstream.container.source.ByteSource`.
+    ``cache`` keeps verified chunks of a remote container on local disk; ``options`` tunes
+    remote reads (concurrency, request sizes, timeouts, retries)."""
+    return StreamingContainer(source, cache=cache, options=options)
