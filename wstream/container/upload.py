@@ -132,8 +132,8 @@ class S3Upload:
             )
         except BaseException as exc:
             self.abort()
-            if isinstance(exc, E.WStreamError | KeyboardInterrupt):
-                raise
+            if isinstance(exc, E.WStreamError) or not isinstance(exc, Exception):
+                raise  # named errors, and KeyboardInterrupt / SystemExit (SIGTERM) as they are
             raise E.UploadError(f"{self.name}: upload failed and was aborted ({exc})") from exc
         self._state = "complete"
         self._shutdown()
