@@ -56,3 +56,17 @@ def test_an_explicit_setting_wins() -> None:
         f"cli.configure_process()\nprint(os.environ[{VAR!r}])"
     )
     assert _python(code) == "7"
+
+
+def test_pack_and_unpack_are_the_functions_even_after_their_modules_load() -> None:
+    # The import system sets a loaded submodule as an attribute of its package; the package
+    # keeps the public names bound to the functions the README shows.
+    code = (
+        "import inspect, sys\n"
+        "import wstream.pack, wstream.unpack, wstream.cli\n"
+        "from wstream import pack, unpack\n"
+        "import wstream\n"
+        "print(inspect.isfunction(pack), inspect.isfunction(unpack), wstream.pack is pack,\n"
+        "      inspect.ismodule(sys.modules['wstream.pack']))"
+    )
+    assert _python(code) == "True True True True"

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from types import TracebackType
+
+from wstream.container.scoped import Scoped
 
 Buffer = bytes | bytearray | memoryview
 
 
-class AtomicFile:
+class AtomicFile(Scoped):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         fd, tmp = tempfile.mkstemp(
@@ -51,23 +52,15 @@ class AtomicFile:
             raise
         _fsync_dir(self.path.parent)
 
+    def _on_exit(self) -> None:
+        self.discard()  # never committed: the target is left as it was
+
     def discard(self) -> None:
         if self.done:
             return
         self.done = True
         os.close(self.fd)
         self.tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.discard()
 
 
 def _umask() -> int:

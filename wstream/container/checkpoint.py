@@ -14,9 +14,9 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from wstream.container.scoped import Scoped
 from wstream.errors import SourceError
 from wstream.format import strictjson
 from wstream.format.spec import MAX_NAME_BYTES, MAX_NDIM, DType
@@ -227,7 +227,7 @@ def open_checkpoint(src: str | os.PathLike[str]) -> Checkpoint:
     return Checkpoint(tensors, config, metadata, tuple(paths))
 
 
-class CheckpointReader:
+class CheckpointReader(Scoped):
     """Reads tensor bytes (or a byte range of them) into caller buffers, one fd per shard."""
 
     def __init__(self, checkpoint: Checkpoint) -> None:
@@ -247,18 +247,10 @@ class CheckpointReader:
                 raise SourceError(f"{t.path}: ended while reading tensor {t.name!r} (truncated?)")
             view, offset = view[n:], offset + n
 
+    def _on_exit(self) -> None:
+        self.close()
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-    def __enter__(self) -> CheckpointReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

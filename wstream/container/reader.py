@@ -16,7 +16,6 @@ import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from wstream.container.cache import ChunkCache, ChunkKey
 from wstream.container.header import read_header
 from wstream.container.open import open_source
 from wstream.container.remote import RemoteOptions
+from wstream.container.scoped import Scoped
 from wstream.container.source import ByteSource
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import ChunkEntry, TensorEntry
@@ -35,7 +35,7 @@ def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
     wchunk.convert_piece(entry, raw, wchunk.piece_views_of(entry, raw), dst)
 
 
-class Container:
+class Container(Scoped):
     """A validated, open .wst container.
 
     ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`), a URL
@@ -207,16 +207,8 @@ class Container:
 
     # --- lifetime -----------------------------------------------------------------------------
 
+    def _on_exit(self) -> None:
+        self.close()
+
     def close(self) -> None:
         self.source.close()
-
-    def __enter__(self) -> Container:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -17,12 +17,12 @@ import enum
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 from wstream import errors as E
 from wstream._version import __version__
 from wstream.container.atomic import AtomicFile
+from wstream.container.scoped import Scoped
 from wstream.format import crc, spec
 from wstream.format.manifest import (
     ChunkEntry,
@@ -62,7 +62,7 @@ class WriterState(enum.Enum):
     ABORTED = "aborted"
 
 
-class ContainerWriter:
+class ContainerWriter(Scoped):
     """Append chunks, then close() to publish the file atomically.
 
     >>> with ContainerWriter("model.wst") as w:             # doctest: +SKIP
@@ -165,21 +165,13 @@ class ContainerWriter:
         self.state = WriterState.CLOSED
         return checked
 
+    def _on_exit(self) -> None:
+        # Leaving the block without close() (an error, or a forgotten call) publishes nothing.
+        self.abort()
+
     def abort(self) -> None:
         """Discard the temporary file; the target path is left as it was."""
         if self.state is not WriterState.OPEN:
             return
         self.state = WriterState.ABORTED
         self._file.discard()
-
-    def __enter__(self) -> ContainerWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # Leaving the block without close() (an error, or a forgotten call) publishes nothing.
-        self.abort()

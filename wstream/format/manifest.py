@@ -4,6 +4,10 @@
 concerns metadata (each check raises its own named :class:`~wstream.errors.FormatError`) and
 return frozen values; code past this module never touches raw JSON. Sizes are computed with
 Python integers, which cannot wrap.
+
+Longer than the ~400 lines a module aims for, on purpose: it is the whole trust boundary, and
+keeping every check in one file, in the order SPEC.md's check order gives, is what makes that
+order auditable (the error a malformed file raises depends on it).
 """
 
 from __future__ import annotations
