@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from s3_server import s3, s3_admin  # noqa: F401  (session fixtures: one SeaweedFS for all tests)
 from wst_testing import write_checkpoint
 
 settings.register_profile(

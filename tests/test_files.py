@@ -464,7 +464,7 @@ def test_pack_refuses_a_too_large_file(tmp_path: Path) -> None:
 
 def test_pack_refuses_to_overwrite_a_model_file(tmp_path: Path) -> None:
     src = model_checkpoint(tmp_path / "ck")
-    with pytest.raises(E.OutputAliasesInput, match="tokenizer.json"):
+    with pytest.raises(E.OutputAliasesInput, match=r"tokenizer\.json"):
         pack(src, src / "tokenizer.json")
     assert (src / "tokenizer.json").read_text() == TOKENIZER
 

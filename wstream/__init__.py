@@ -27,6 +27,9 @@ from wstream._version import __version__
 _EXPORTS = {
     "Container": "wstream.container.reader",
     "LocalFile": "wstream.container.source",
+    "open_source": "wstream.container.open",
+    "ChunkCache": "wstream.container.cache",
+    "RemoteOptions": "wstream.container.remote",
     "open_container": "wstream.stream.loader",
     "StreamingContainer": "wstream.stream.loader",
     "Widen": "wstream.stream.plan",

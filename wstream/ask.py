@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from wstream.errors import InputError
 
 if TYPE_CHECKING:
+    from wstream.container.cache import ChunkCache
     from wstream.pipeline.chat import ChatResult
 
 
-def ask(args: argparse.Namespace) -> ChatResult:
+def ask(args: argparse.Namespace, cache: ChunkCache | None = None) -> ChatResult:
     """Run ``args`` (the ``run`` subcommand's namespace, with ``prompt`` set); the answer is
     written to stdout as it comes unless ``--json``."""
     from wstream.pipeline.chat import Model
@@ -39,7 +40,11 @@ def ask(args: argparse.Namespace) -> ChatResult:
         stop=tuple(args.stop),
     )
     with Model.open(
-        args.src, budget=args.budget, prefetch=_prefetch(args.prefetch), eager=args.eager
+        args.src,
+        budget=args.budget,
+        prefetch=_prefetch(args.prefetch),
+        eager=args.eager,
+        cache=cache,
     ) as model:
         stream = model.chat(
             args.prompt,

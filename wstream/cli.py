@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -25,6 +26,8 @@ from wstream.format import spec
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+DEFAULT_CACHE_SIZE = 64 << 30
+SRC_HELP = "the .wst container: a path, s3://bucket/key or an https:// URL"
 
 
 MAX_SIZE = 1 << 60  # any size flag: 1 EiB, far above any memory or file, far below overflow
@@ -125,6 +128,32 @@ def _progress_bar(total: int, desc: str) -> tuple[Callable[[int], None], Callabl
     return bar.update, bar.close
 
 
+def _cache(args: argparse.Namespace) -> Any:
+    """The ChunkCache that ``--cache DIR`` (and ``--cache-size``) ask for, or None."""
+    if args.cache is None:
+        return None
+    from wstream.container.cache import ChunkCache
+
+    return ChunkCache(args.cache, args.cache_size)
+
+
+def _add_cache(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="keep verified chunks of a remote container in DIR and read them from there next "
+        "time (ignored for a local file)",
+    )
+    sp.add_argument(
+        "--cache-size",
+        type=parse_size,
+        default=DEFAULT_CACHE_SIZE,
+        metavar="SIZE",
+        help="largest total size of --cache DIR; least recently used chunks are evicted "
+        "(default: 64G)",
+    )
+
+
 # --- subcommands ---------------------------------------------------------------------------------
 
 
@@ -188,7 +217,12 @@ def cmd_unpack(args: argparse.Namespace) -> int:
     from wstream.unpack import unpack_report
 
     report = unpack_report(
-        args.src, args.output, allow_lossy=args.dequantize, files=args.files, force=args.force
+        args.src,
+        args.output,
+        allow_lossy=args.dequantize,
+        files=args.files,
+        force=args.force,
+        cache=_cache(args),
     )
     say(f"unpacked {report.tensors} tensors -> {args.output}")
     for a in report.files:
@@ -200,9 +234,9 @@ def cmd_unpack(args: argparse.Namespace) -> int:
 def info_dict(path: str) -> dict[str, Any]:
     """Everything ``info --json`` prints. Reads the preamble and manifest only (no numpy)."""
     from wstream.container.header import read_header
-    from wstream.container.source import LocalFile
+    from wstream.container.open import open_source
 
-    source = LocalFile(path)
+    source = open_source(path)
     try:
         preamble, m = read_header(source)
     finally:
@@ -287,7 +321,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from wstream.container.reader import Container
 
-    with Container(args.src) as c:
+    with Container(args.src, cache=_cache(args)) as c:
         c.verify()
         n, n_files = len(c.manifest.chunks), len(c.manifest.files)
     files = f", {n_files} embedded files" if n_files else ""
@@ -319,6 +353,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         budget=args.budget,
         prefetch=args.prefetch,
         weights_factory=load_everything if args.eager else None,
+        cache=_cache(args),
     )
     if args.logits_out:
         np.save(args.logits_out, report.logits)
@@ -353,7 +388,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _answer(args: argparse.Namespace) -> int:
     from wstream.ask import ask
 
-    result = ask(args)
+    result = ask(args, _cache(args))
     if args.json:
         print(json.dumps(result.summary(), ensure_ascii=False))
         return 0
@@ -395,7 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
         "model.safetensors.index.json and config.json, into a .wst container.",
     )
     sp.add_argument("src", help="a .safetensors file or a checkpoint directory")
-    sp.add_argument("-o", "--output", required=True, help="the .wst file to write")
+    sp.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="the .wst file to write, or s3://bucket/key.wst (uploaded while packing; the "
+        "object appears only when complete)",
+    )
     sp.add_argument(
         "--codec",
         choices=("raw", "zstd"),
@@ -453,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_pack)
 
     sp = sub.add_parser("unpack", help="write a .wst container back as one safetensors file")
-    sp.add_argument("src", help="the .wst file")
+    sp.add_argument("src", help=SRC_HELP)
+    _add_cache(sp)
     sp.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
     sp.add_argument(
         "--dequantize",
@@ -475,14 +517,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_unpack)
 
     sp = sub.add_parser("info", help="describe a container (reads the manifest only)")
-    sp.add_argument("src", help="the .wst file")
+    sp.add_argument("src", help=SRC_HELP)
     sp.add_argument("--json", action="store_true", help="print everything as one JSON object")
     sp.set_defaults(func=cmd_info)
 
     sp = sub.add_parser(
         "verify", help="check every chunk's and embedded file's checksum and decode it"
     )
-    sp.add_argument("src", help="the .wst file")
+    sp.add_argument("src", help=SRC_HELP)
+    _add_cache(sp)
     sp.set_defaults(func=cmd_verify)
 
     sp = sub.add_parser(
@@ -495,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
         "placeholder positions are prepended to the ids for the image. Without an image "
         "no vision weight is read.",
     )
-    sp.add_argument("src", help="the .wst file")
+    sp.add_argument("src", help=SRC_HELP)
+    _add_cache(sp)
     sp.add_argument(
         "--image",
         metavar="IMG",
@@ -631,6 +675,14 @@ def configure_process() -> None:
     numpy work between matmuls, which they would starve (a vision layer's attention: 60 ms
     spinning, 37 ms not). An explicit setting in the environment wins."""
     os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
+    # SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C instead of killing outright,
+    # so `finally` blocks run: a pack to s3:// aborts its upload, a local pack removes its
+    # temporary file, streams join their threads. Exit status 143, as if killed by the signal.
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def entry() -> None:

@@ -247,3 +247,46 @@ class ContainerClosed(ByteSourceError):
 
 class WriteFailed(WStreamError, OSError):
     """An output file could not be written (disk full, file too large, I/O error)."""
+
+
+# --- object stores and HTTP sources --------------------------------------------------------------
+
+
+class RemoteError(WStreamError, OSError):
+    """An object store or HTTP server did not deliver what was asked (URL, range, status)."""
+
+
+class InvalidURL(InputError):
+    """A source URL is malformed (e.g. ``s3://`` without a bucket or key)."""
+
+
+class ObjectNotFound(RemoteError):
+    """The bucket or object does not exist (HTTP 404)."""
+
+
+class AccessDenied(RemoteError):
+    """The credentials may not read or write the object (HTTP 401/403)."""
+
+
+class ObjectChanged(RemoteError):
+    """The object was replaced since it was opened (ETag/version differs, or If-Match failed)."""
+
+
+class RangeError(RemoteError):
+    """A range past the end of the object, or a response for a range other than the one asked."""
+
+
+class ShortBody(RemoteError):
+    """A response body kept ending before (or running past) its declared length, after retries."""
+
+
+class RemoteTimeout(RemoteError):
+    """Requests kept timing out (connect or read), after retries within the bounded total."""
+
+
+class RemoteUnavailable(RemoteError):
+    """5xx / 503 SlowDown / dropped connections persisted past the retry bound."""
+
+
+class UploadError(RemoteError):
+    """A multipart upload failed; it was aborted, so no object and no upload are left."""

@@ -300,7 +300,9 @@ def pack(
     progress: ProgressFn | None = None,
     files: bool = True,
 ) -> PackReport:
-    """Convert a checkpoint (file or sharded directory) into ``dst``.
+    """Convert a checkpoint (file or sharded directory) into ``dst``: a path, or
+    ``s3://bucket/key`` (a multipart upload while packing; the object appears only when the
+    pack completes, and an interrupted pack aborts the upload).
 
     ``codec`` raw or zstd; ``level`` None picks the measured best (see codecs); ``shuffle``
     groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
@@ -339,7 +341,9 @@ def pack(
             f"{spec.MAX_CHUNKS}; raise --max-chunk"
         )
     largest = max((p.raw_nbytes for p in plans), default=0)
-    dst = check_output(dst, [*ckpt.files, *ckpt.others, *model_paths])
+    remote = isinstance(dst, str) and dst.startswith("s3://")  # uploaded while packing
+    if not remote:
+        dst = check_output(dst, [*ckpt.files, *ckpt.others, *model_paths])
 
     # Raw chunks are bound by I/O: a second buffer lets the reader fill one while the other is
     # written. Compressing is ~10x slower than reading, so for zstd the second buffer would buy
@@ -390,7 +394,7 @@ def pack(
         tensors=len(manifest.tensors),
         chunks=len(manifest.chunks),
         bytes_in=ckpt.nbytes,
-        bytes_out=dst.stat().st_size,
+        bytes_out=writer.nbytes,
         seconds=time.perf_counter() - started,
         lossy=manifest.lossy,
         manifest=manifest,

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from wstream.container.cache import ChunkCache
 from wstream.container.reader import Container
 from wstream.errors import InputError
 from wstream.model.config import from_hf
@@ -194,8 +195,10 @@ def run(
     budget: int | None = None,
     prefetch: int | None = None,
     weights_factory: WeightsFactory | None = None,
+    cache: ChunkCache | None = None,
 ) -> RunReport:
-    """Prefill and greedy-decode one request from a .wst container.
+    """Prefill and greedy-decode one request from a .wst container (a path or a URL; ``cache``
+    keeps a remote container's verified chunks on local disk).
 
     With an image but no ``image_bound``, ``query_num`` placeholder positions are prepended to
     the ids and the image fills them.
@@ -208,7 +211,7 @@ def run(
         raise InputError(f"max-new-tokens: {max_new_tokens!r} must be a non-negative integer")
     factory = weights_factory or make_weights
     started = time.perf_counter()
-    with Container(container_path) as container:
+    with Container(container_path, cache=cache) as container:
         cfg = from_hf(container.manifest.config or {})
         opened = time.perf_counter()
         if image is not None:

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from wstream.container.atomic import AtomicFile
+from wstream.container.cache import ChunkCache
 from wstream.container.paths import check_output
 from wstream.container.reader import Container
 from wstream.errors import InputError, LossyUnpack, OutputExists
@@ -118,13 +119,17 @@ def unpack(
     allow_lossy: bool = False,
     files: bool = True,
     force: bool = False,
+    cache: ChunkCache | None = None,
 ) -> int:
-    """Write ``dst`` (safetensors) from ``src`` (.wst), and with ``files`` the embedded model
-    files beside it; returns the number of tensors.
+    """Write ``dst`` (safetensors) from ``src`` (.wst: a path or a URL), and with ``files`` the
+    embedded model files beside it; returns the number of tensors. ``cache`` keeps a remote
+    container's verified chunks on local disk.
 
-    >>> unpack("model.wst", "model.safetensors")            # doctest: +SKIP
+    >>> unpack("s3://bucket/model.wst", "model.safetensors")            # doctest: +SKIP
     """
-    return unpack_report(src, dst, allow_lossy=allow_lossy, files=files, force=force).tensors
+    return unpack_report(
+        src, dst, allow_lossy=allow_lossy, files=files, force=force, cache=cache
+    ).tensors
 
 
 def unpack_report(
@@ -134,9 +139,10 @@ def unpack_report(
     allow_lossy: bool = False,
     files: bool = True,
     force: bool = False,
+    cache: ChunkCache | None = None,
 ) -> UnpackReport:
     """:func:`unpack`, telling what was done with each embedded file."""
-    with Container(src) as c:
+    with Container(src, cache=cache) as c:
         dst = check_output(dst, [c.name])
         if c.manifest.lossy and not allow_lossy:
             raise LossyUnpack(

@@ -22,7 +22,10 @@ from typing import Any
 import numpy as np
 
 from wstream import errors as E
+from wstream.container.cache import ChunkCache, ChunkKey
 from wstream.container.header import read_header
+from wstream.container.open import open_source
+from wstream.container.remote import RemoteOptions
 from wstream.container.scoped import Scoped
 from wstream.container.source import ByteSource, LocalFile
 from wstream.format import chunk as wchunk
@@ -40,22 +43,29 @@ class Container(Scoped):
     """A validated, open .wst container.
 
     ``source`` is a path (opened as a :class:`~wstream.container.source.LocalFile`, mapped only
-    with ``mapped=True``) or any :class:`~wstream.container.source.ByteSource`, which the
-    container then owns and closes. After :meth:`close` every read raises
-    :class:`~wstream.errors.ContainerClosed`.
+    with ``mapped=True``), a URL (``s3://bucket/key``, ``https://...``: see
+    :func:`~wstream.container.open.open_source`, tuned by ``options``) or any
+    :class:`~wstream.container.source.ByteSource`, which the container then owns and closes.
+    ``cache`` (a :class:`~wstream.container.cache.ChunkCache`) serves a remote source from
+    verified local copies of its chunks and stores what it fetches; a local file ignores it.
+    After :meth:`close` every read raises :class:`~wstream.errors.ContainerClosed`.
 
-    >>> with Container("model.wst") as c:                   # doctest: +SKIP
+    >>> with Container("s3://bucket/model.wst") as c:       # doctest: +SKIP
     ...     w = c.tensor("llm.lm_head.weight")
     """
 
     def __init__(
-        self, source: str | os.PathLike[str] | ByteSource, *, mapped: bool = False
+        self,
+        source: str | os.PathLike[str] | ByteSource,
+        *,
+        mapped: bool = False,
+        cache: ChunkCache | None = None,
+        options: RemoteOptions | None = None,
     ) -> None:
         # ``mapped``: a path is read through a shared map (zero-copy, but a truncation by another
         # process is SIGBUS); by default through pread (see LocalFile).
-        self.source: ByteSource = (
-            LocalFile(source, mapped=mapped) if isinstance(source, (str, os.PathLike)) else source
-        )
+        self.source: ByteSource = open_source(source, options, mapped=mapped)
+        self.cache = cache
         try:
             self.preamble, self.manifest = read_header(self.source)
         except BaseException:
@@ -94,12 +104,31 @@ class Container(Scoped):
         # numpy asks the kernel for huge pages for large arrays: reading 32 MiB into a fresh
         # np.empty measured 3-5x faster than into a bytearray (4 KiB page faults).
         out = np.empty(chunk.nbytes, np.uint8).data
-        self.source.read_into(chunk.offset, out)
+        self.read_stored_into(chunk, out)
         return out
 
     def read_stored_into(self, chunk: ChunkEntry, out: memoryview) -> None:
-        """Fill ``out`` (exactly ``chunk.nbytes`` long) with the chunk's stored bytes."""
+        """Fill ``out`` (exactly ``chunk.nbytes`` long) with the chunk's stored bytes.
+
+        With a cache: a hit is read from it (its CRC checked there); a miss is read from the
+        source, checked, and stored. Without one, the caller checks the CRC (the loader does,
+        on its worker, so a chunk is checked once)."""
+        if self.cache is None or isinstance(self.source, LocalFile):  # local: nothing to save
+            self.source.read_into(chunk.offset, out)
+            return
+        key = self.cache_key(chunk)
+        if self.cache.get_into(key, out):
+            return
         self.source.read_into(chunk.offset, out)
+        wchunk.check_crc(chunk, out)  # never store bad bytes (put checks again, cheaply)
+        self.cache.put(key, out)
+
+    def cache_key(self, chunk: ChunkEntry) -> ChunkKey:
+        """What names a chunk's bytes in a cache: source, its version, and the chunk itself."""
+        index = self.manifest.chunk_index[chunk.name]
+        return ChunkKey(
+            self.source.name, self.source.version, index, chunk.offset, chunk.nbytes, chunk.crc32
+        )
 
     def advise(self, chunk: ChunkEntry, advice: int) -> None:
         """``madvise`` the pages of a chunk's stored bytes, when the source is mapped."""

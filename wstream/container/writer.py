@@ -5,6 +5,10 @@ into a temporary file beside the target and renames it into place only after the
 been written, checked by the same parser readers use, and fsync'ed. An interrupted write (an
 exception, Ctrl-C, a crash) therefore never leaves a file at the target path, and an existing
 file there stays untouched until the new one is complete.
+
+The target may also be ``s3://bucket/key``: the bytes then go out as a multipart upload while
+they are written (:class:`~wstream.container.upload.UploadFile`), completed by close() and
+aborted by abort(), so the object too appears only when whole.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import enum
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wstream import errors as E
 from wstream._version import __version__
@@ -37,6 +41,24 @@ from wstream.format.spec import CodecId
 Buffer = bytes | bytearray | memoryview
 
 
+class Sink(Protocol):
+    """Where a writer's bytes go: a temporary local file, or a multipart upload."""
+
+    def pwrite_all(self, data: Buffer, offset: int) -> None: ...
+    def truncate(self, size: int) -> None: ...
+    def commit(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+def open_sink(target: str | os.PathLike[str]) -> Sink:
+    """An :class:`~wstream.container.atomic.AtomicFile` beside a path, or an upload to S3."""
+    if isinstance(target, str) and target.startswith("s3://"):
+        from wstream.container.upload import UploadFile
+
+        return UploadFile(target)
+    return AtomicFile(target)
+
+
 class WriterState(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -52,20 +74,22 @@ class ContainerWriter(Scoped):
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.target = str(path)
         self.path = Path(path)
         self.state = WriterState.OPEN
         self._chunks: list[ChunkEntry] = []
         self._names: set[str] = set()
         self._files: list[FileEntry] = []  # after every chunk: the streaming order is the chunks
-        self._file = AtomicFile(self.path)
+        self._file = open_sink(path)
         self._end = spec.DATA_START  # next free byte; the preamble is written last
+        self.nbytes = 0  # the container's size, once closed
         try:
             self._file.pwrite_all(bytes(spec.DATA_START), 0)
         except BaseException:  # e.g. a full disk: no temporary file is left behind
             self._file.discard()
             raise
 
-    def _guard(self, action: str) -> AtomicFile:
+    def _guard(self, action: str) -> Sink:
         if self.state is not WriterState.OPEN:
             raise E.WStreamError(f"cannot {action}: writer is {self.state.value}")
         return self._file
@@ -179,6 +203,7 @@ class ContainerWriter(Scoped):
         except BaseException:
             self.abort()
             raise
+        self.nbytes = m_off + len(body)
         self.state = WriterState.CLOSED
         return checked
 

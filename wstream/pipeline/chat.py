@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from wstream.container.cache import ChunkCache
 from wstream.container.reader import Container
 from wstream.errors import InputError, MissingModelFile
 from wstream.model.config import VLMConfig, from_hf
@@ -236,12 +237,14 @@ class Model:
         budget: int | None = None,
         prefetch: int = 2,
         eager: bool = False,
+        cache: ChunkCache | None = None,
     ) -> Model:
         """Open ``path`` for chat, streaming its weights ``prefetch`` chunks ahead under
         ``budget`` bytes (None: no limit, every chunk stays once loaded). ``eager`` loads and
-        widens every weight up front instead (the load-everything baseline)."""
+        widens every weight up front instead (the load-everything baseline). ``path`` may be a
+        URL (``s3://bucket/key``, ``https://...``); ``cache`` keeps its verified chunks on disk."""
         started = time.perf_counter()
-        container = Container(path)
+        container = Container(path, cache=cache)
         try:
             weights = forward_weights(container, budget=budget, prefetch=prefetch, eager=eager)
             try:

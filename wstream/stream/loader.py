@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from wstream.container.cache import ChunkCache
 from wstream.container.reader import Container
+from wstream.container.remote import RemoteOptions
 from wstream.container.source import ByteSource
 from wstream.errors import InputError
 from wstream.format import chunk as wchunk
@@ -328,12 +330,19 @@ class StreamingContainer(Container):
 
 
 def open_container(
-    source: str | os.PathLike[str] | ByteSource, *, mapped: bool = False
+    source: str | os.PathLike[str] | ByteSource,
+    *,
+    mapped: bool = False,
+    cache: ChunkCache | None = None,
+    options: RemoteOptions | None = None,
 ) -> StreamingContainer:
-    """Open and validate a container (reads the preamble and manifest only): a path, or any
-    :class:`~wstream.container.source.ByteSource`. ``mapped``: read a local file through a shared
-    map, zero-copy (see :class:`~wstream.container.source.LocalFile` for what that risks)."""
-    return StreamingContainer(source, mapped=mapped)
+    """Open and validate a container (reads the preamble and manifest only): a path, a URL
+    (``s3://bucket/key``, ``https://...``) or any :class:`~wstream.container.source.ByteSource`.
+    ``mapped``: read a local file through a shared map, zero-copy (see
+    :class:`~wstream.container.source.LocalFile` for what that risks). ``cache`` keeps verified
+    chunks of a remote container on local disk; ``options`` tunes remote reads (concurrency,
+    request sizes, timeouts, retries)."""
+    return StreamingContainer(source, mapped=mapped, cache=cache, options=options)
 
 
 def forward_weights(

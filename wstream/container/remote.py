@@ -1,0 +1,355 @@
+"""What every remote byte source shares: options, retries, range planning and parallel reads.
+
+A remote source (:class:`~wstream.container.s3.S3Source`,
+:class:`~wstream.container.http.HttpSource`) only knows how to make one ranged GET and scatter
+its body into a list of buffers; :class:`RemoteSource` turns that into the ByteSource protocol:
+
+- ``read_into(offset, out)``: a range larger than ``part_size`` is split into sub-ranges fetched
+  in parallel (at most ``concurrency`` in flight) straight into slices of ``out``;
+- ``read_ranges_into([(offset, out), ...])``: neighbouring small ranges (gap at most ``max_gap``,
+  merged request at most ``part_size``) are coalesced into one request whose body is scattered
+  into the caller's buffers, the gap bytes read into a scratch buffer and dropped;
+- every request is retried on transient failures (5xx, 503 SlowDown, timeouts, dropped
+  connections, short bodies) with exponential backoff and full jitter, bounded both in attempts
+  and in total seconds; past the bound, a named :class:`~wstream.errors.RemoteError`;
+- the first ``head_bytes`` are fetched when the source opens (that one GET also tells the size
+  and the version), so reading the preamble costs no request: open + manifest = two GETs.
+
+Closing stops retries, fails queued work, and joins every thread.
+"""
+
+from __future__ import annotations
+
+import mmap
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from wstream import errors as E
+
+MiB = 1 << 20
+BLOCK = 1 * MiB  # largest single socket read; closing is noticed between blocks
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of one request: ``attempts`` tries at most (the first included), the delay
+    before try k uniform in [0, min(max_delay, base_delay * 2**k)] (full jitter), and no new
+    try once ``deadline`` seconds have passed since the first."""
+
+    attempts: int = 6
+    base_delay: float = 0.05
+    max_delay: float = 2.0
+    deadline: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.attempts <= 100:
+            raise E.InputError(f"retry attempts: {self.attempts} is outside [1, 100]")
+        for name in ("base_delay", "max_delay", "deadline"):
+            value = getattr(self, name)
+            if not 0 <= value <= 3600:
+                raise E.InputError(f"retry {name}: {value} s is outside [0, 3600]")
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * 2.0**attempt))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteOptions:
+    """How a remote source reads: parallelism, request sizes, timeouts, retries."""
+
+    concurrency: int = 8  # requests in flight for one read
+    part_size: int = 8 * MiB  # a larger range is split; a coalesced request stays within it
+    max_gap: int = 64 * 1024  # neighbours this close are fetched in one request
+    head_bytes: int = 64 * 1024  # fetched at open: preamble (and small files) without a request
+    connect_timeout: float = 5.0  # seconds to connect
+    read_timeout: float = 20.0  # seconds any one socket read may wait: a stalled body times out
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        limits = {
+            "concurrency": (1, 256),
+            "part_size": (64 * 1024, 1 << 30),
+            "max_gap": (0, 64 * MiB),
+            "head_bytes": (0, 64 * MiB),
+        }
+        for name, (lo, hi) in limits.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise E.InputError(f"remote {name}: {value} is outside [{lo}, {hi}]")
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:
+                raise E.InputError(f"remote {name}: {value} s is outside (0, 3600]")
+
+
+class Retryable(Exception):
+    """Raised by a request for a failure worth another try; ``kind`` picks the final error."""
+
+    def __init__(self, kind: type[E.RemoteError], detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+class Target(NamedTuple):
+    offset: int
+    out: memoryview
+
+
+class Request(NamedTuple):
+    """One ranged GET of bytes [start, end) whose body fills ``targets`` (sorted, in range)."""
+
+    start: int
+    end: int
+    targets: tuple[Target, ...]
+
+
+def split(offset: int, out: memoryview, part: int) -> list[Request]:
+    """Sub-ranges of at most ``part`` bytes, each filling its own slice of ``out``."""
+    return [
+        Request(
+            offset + i, offset + min(i + part, len(out)), (Target(offset + i, out[i : i + part]),)
+        )
+        for i in range(0, len(out), part)
+    ]
+
+
+def coalesce(targets: Sequence[Target], max_gap: int, max_request: int) -> list[Request]:
+    """Requests covering ``targets``: neighbours (gap <= max_gap) merge while the merged range
+    stays within ``max_request``; a target larger than ``max_request`` is split on its own."""
+    out: list[Request] = []
+    group: list[Target] = []
+    start = end = 0
+    for t in sorted((t for t in targets if len(t.out)), key=lambda t: t.offset):
+        t_end = t.offset + len(t.out)
+        if group and t.offset >= end and t.offset - end <= max_gap and t_end - start <= max_request:
+            group.append(t)
+            end = t_end
+            continue
+        if group:
+            out.append(Request(start, end, tuple(group)))
+            group = []
+        if len(t.out) > max_request:
+            out.extend(split(t.offset, t.out, max_request))
+        else:
+            group, start, end = [t], t.offset, t_end
+    if group:
+        out.append(Request(start, end, tuple(group)))
+    return out
+
+
+def scatter(
+    request: Request, readinto: Callable[[memoryview], int], closed: threading.Event, what: str
+) -> None:
+    """Read a response body for ``request`` into its targets, discarding gap bytes; a body that
+    ends early is :class:`Retryable` (ShortBody). Reads at most BLOCK bytes per call, so a close
+    is noticed within one block."""
+    scratch: memoryview | None = None
+    pos = request.start
+    for t in request.targets:
+        while pos < t.offset:  # the gap between coalesced neighbours
+            if scratch is None:
+                scratch = memoryview(bytearray(min(BLOCK, t.offset - pos)))
+            pos += _read_some(readinto, scratch[: t.offset - pos], pos, request, closed, what)
+        got = 0
+        while got < len(t.out):
+            got += _read_some(readinto, t.out[got : got + BLOCK], pos + got, request, closed, what)
+        pos += got
+
+
+def _read_some(
+    readinto: Callable[[memoryview], int],
+    view: memoryview,
+    pos: int,
+    request: Request,
+    closed: threading.Event,
+    what: str,
+) -> int:
+    if closed.is_set():
+        raise E.RemoteError(f"{what}: source closed while reading bytes {pos}-{request.end - 1}")
+    n = readinto(view)
+    if not n:
+        raise Retryable(
+            E.ShortBody,
+            f"body ended after {pos - request.start} of {request.end - request.start} bytes",
+        )
+    return n
+
+
+def retrying(
+    policy: RetryPolicy,
+    what: str,
+    call: Callable[[], None],
+    closed: threading.Event,
+    rng: random.Random,
+) -> None:
+    """Run ``call`` until it succeeds, raises a named error, or the retry bound is spent (then
+    the :class:`Retryable`'s kind, naming the attempts and seconds). A set ``closed`` stops it."""
+    t0 = time.monotonic()
+    attempt = 0
+    while True:
+        if closed.is_set():
+            raise E.RemoteError(f"{what}: source closed")
+        try:
+            call()
+            return
+        except Retryable as exc:
+            attempt += 1
+            elapsed = time.monotonic() - t0
+            delay = policy.delay(attempt, rng)
+            if attempt >= policy.attempts or elapsed + delay > policy.deadline:
+                raise exc.kind(
+                    f"{what}: {exc.detail}; gave up after {attempt} attempts in "
+                    f"{elapsed:.1f} s (limits: {policy.attempts} attempts, {policy.deadline:g} s)"
+                ) from None
+            if closed.wait(delay):
+                raise E.RemoteError(f"{what}: source closed") from None
+
+
+class RemoteSource(ABC):
+    """Base of remote ByteSources. Subclasses set ``_name``, ``_size``, ``_version`` and
+    ``_head`` in their constructor (via :meth:`_open`) and implement :meth:`_get`."""
+
+    def __init__(self, name: str, options: RemoteOptions) -> None:
+        self._name = name
+        self.options = options
+        self._size = 0
+        self._version = ""
+        self._head = b""  # bytes [0, len(_head)) fetched at open
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._rng = random.Random()
+
+    # --- the one thing a subclass does -------------------------------------------------------
+
+    @abstractmethod
+    def _get(self, request: Request) -> None:
+        """One ranged GET of [request.start, request.end) pinned to ``self._version``, body
+        scattered with :func:`scatter`. Raises :class:`Retryable` for transient failures and a
+        named RemoteError for the rest."""
+
+    # --- ByteSource ---------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def mapping(self) -> mmap.mmap | None:
+        return None
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        self.read_ranges_into([(offset, out)])
+
+    def read_ranges_into(self, ranges: Sequence[tuple[int, memoryview]]) -> None:
+        """Fill every ``out`` from bytes [offset, offset + len(out)); neighbours share requests,
+        large ranges are split, up to ``concurrency`` requests run at once. All or an error."""
+        targets = []
+        for offset, given in ranges:
+            out = memoryview(given).cast("B")
+            if offset < 0 or offset + len(out) > self._size:
+                raise E.RangeError(
+                    f"{self._name}: bytes [{offset}, {offset + len(out)}) are outside the "
+                    f"{self._size}-byte object"
+                )
+            head = max(0, min(len(out), len(self._head) - offset))
+            if head:  # served from the bytes fetched at open
+                out[:head] = self._head[offset : offset + head]
+            if head < len(out):
+                targets.append(Target(offset + head, out[head:]))
+        requests = coalesce(targets, self.options.max_gap, self.options.part_size)
+        if len(requests) == 1:
+            self._fetch(requests[0])
+        elif requests:
+            futures: list[Future[None]] = [
+                self._executor().submit(self._fetch, r) for r in requests
+            ]
+            try:
+                for f in futures:
+                    f.result()
+            finally:
+                for f in futures:  # on error, drop what has not started; wait for the rest
+                    f.cancel()
+                for f in futures:
+                    if not f.cancelled():
+                        f.exception()
+
+    def close(self) -> None:
+        """Stop retries and reads in progress, join the worker threads, release connections."""
+        self._closed.set()
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self._release()
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close the client's connections."""
+
+    def __enter__(self) -> RemoteSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- machinery ----------------------------------------------------------------------------
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._closed.is_set():
+                raise E.RemoteError(f"{self._name}: source is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.options.concurrency, thread_name_prefix="wstream-remote"
+                )
+            return self._pool
+
+    def _fetch(self, request: Request) -> None:
+        self._retry(
+            f"{self._name}: bytes {request.start}-{request.end - 1}", lambda: self._get(request)
+        )
+
+    def _retry(self, what: str, call: Callable[[], None]) -> None:
+        retrying(self.options.retry, what, call, self._closed, self._rng)
+
+    def _check_open(self, what: str, total: int | None, version: str | None) -> None:
+        """A response's total size and version must be the ones pinned at open."""
+        if version is not None and version != self._version:
+            raise E.ObjectChanged(
+                f"{what}: object changed since it was opened (version {self._version} -> {version})"
+            )
+        if total is not None and total != self._size:
+            raise E.ObjectChanged(
+                f"{what}: object changed since it was opened (size {self._size} -> {total})"
+            )
+
+
+def parse_content_range(value: str | None, what: str) -> tuple[int, int, int | None]:
+    """``bytes START-END/TOTAL`` -> (start, end exclusive, total or None for ``*``)."""
+    try:
+        assert value is not None
+        unit, _, rest = value.partition(" ")
+        span, _, total = rest.partition("/")
+        first, _, last = span.partition("-")
+        if unit != "bytes":
+            raise ValueError
+        return int(first), int(last) + 1, None if total == "*" else int(total)
+    except (AssertionError, ValueError):
+        raise E.RangeError(
+            f"{what}: Content-Range {value!r} is not 'bytes START-END/TOTAL'"
+        ) from None

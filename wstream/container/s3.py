@@ -1,0 +1,223 @@
+"""``s3://bucket/key`` as a byte source, through boto3/botocore (chosen by measurement and
+simplicity: bench/results/S3_CLIENT.md).
+
+Endpoint, region and credentials come only from where every AWS tool looks: the environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION`` /
+``AWS_DEFAULT_REGION``, ``AWS_PROFILE``), the shared config and credentials files, profiles.
+botocore resolves and signs; wstream adds nothing of its own.
+
+Opening makes one ranged GET of the first ``head_bytes``: its Content-Range gives the size, its
+ETag pins the version, its body serves the preamble. Every later GET carries ``If-Match: ETag``,
+and its answer must show the same ETag and total size, so a replaced object is
+:class:`~wstream.errors.ObjectChanged`, never a mix of two versions. botocore's own retries are
+off: :class:`~wstream.container.remote.RemoteSource` retries whole ranges, body included, within
+one bound.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, NamedTuple
+
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    HTTPClientError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
+
+from wstream import errors as E
+from wstream.container.remote import (
+    RemoteOptions,
+    RemoteSource,
+    Request,
+    Retryable,
+    parse_content_range,
+    scatter,
+)
+
+SCHEME = "s3://"
+
+
+class S3Url(NamedTuple):
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}"
+
+
+def parse_s3_url(url: str) -> S3Url:
+    """``s3://bucket/key`` -> S3Url; InvalidURL names what is wrong."""
+    if not url.startswith(SCHEME):
+        raise E.InvalidURL(f"url {url!r}: must start with {SCHEME}")
+    bucket, _, key = url[len(SCHEME) :].partition("/")
+    if not 3 <= len(bucket) <= 63 or not all(c.isalnum() or c in ".-_" for c in bucket):
+        raise E.InvalidURL(
+            f"url {url!r}: bucket {bucket!r} must be 3..63 characters of letters, digits, '.-_'"
+        )
+    if not key or len(key.encode("utf-8")) > 1024:
+        raise E.InvalidURL(f"url {url!r}: key must be 1..1024 bytes after 's3://{bucket}/'")
+    return S3Url(bucket, key)
+
+
+def is_s3_url(url: str) -> bool:
+    return url.startswith(SCHEME)
+
+
+# One botocore session per distinct AWS environment: creating the first client of a session loads
+# the service model (~0.2 s), later ones take ~15 ms. Keyed by the AWS_* variables so a changed
+# profile or config file is honoured; botocore reads AWS_ENDPOINT_URL again for every client.
+_sessions: dict[tuple[tuple[str, str], ...], botocore.session.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def make_client(options: RemoteOptions, pool_connections: int | None = None) -> Any:
+    """A botocore S3 client configured only from the standard AWS places, with our timeouts,
+    botocore's retries off (we retry whole ranges), and one pooled connection per worker."""
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    with _sessions_lock:
+        session = _sessions.get(env)
+        if session is None:
+            session = _sessions[env] = botocore.session.get_session()
+        return session.create_client(
+            "s3",
+            config=Config(
+                connect_timeout=options.connect_timeout,
+                read_timeout=options.read_timeout,
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                max_pool_connections=pool_connections or options.concurrency + 1,
+                tcp_keepalive=True,
+            ),
+        )
+
+
+def classify(exc: Exception, what: str) -> Exception:
+    """A botocore failure -> Retryable (worth another try) or a named RemoteError."""
+    if isinstance(exc, ClientError):
+        meta = exc.response.get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode", 0))
+        code = exc.response.get("Error", {}).get("Code", "?")
+        detail = f"HTTP {status} {code}"
+        if status == 412:
+            return E.ObjectChanged(f"{what}: object changed since it was opened ({detail})")
+        if status == 404:
+            return E.ObjectNotFound(f"{what}: not found ({detail})")
+        if status in (401, 403):
+            return E.AccessDenied(f"{what}: access denied ({detail})")
+        if status == 416:
+            return E.RangeError(f"{what}: range not satisfiable ({detail})")
+        if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
+            return Retryable(E.RemoteUnavailable, detail)
+        return E.RemoteError(f"{what}: {detail}")
+    if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
+        return Retryable(E.RemoteTimeout, f"timed out ({exc})")
+    if isinstance(exc, ResponseStreamingError | IncompleteReadError):
+        return Retryable(E.ShortBody, f"body broke off ({exc})")
+    if isinstance(exc, HTTPClientError):  # connection refused, reset, closed
+        return Retryable(E.RemoteUnavailable, f"connection failed ({exc})")
+    raise exc
+
+
+class S3Source(RemoteSource):
+    """A read-only object in an S3-compatible store, pinned to the version seen at open."""
+
+    def __init__(self, url: str, options: RemoteOptions | None = None) -> None:
+        self.url = parse_s3_url(url)
+        super().__init__(str(self.url), options or RemoteOptions())
+        self._etag = ""
+        self._client = make_client(self.options)
+        try:
+            self._retry(f"{self._name}: open", self._open)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self) -> None:
+        what = f"{self._name}: open"
+        head = self.options.head_bytes
+        try:
+            if head == 0:
+                raise _EmptyRange
+            try:
+                resp = self._client.get_object(
+                    Bucket=self.url.bucket, Key=self.url.key, Range=f"bytes=0-{head - 1}"
+                )
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 416:
+                    raise _EmptyRange from None  # an empty object has no byte 0
+                raise
+        except _EmptyRange:
+            try:
+                meta = self._client.head_object(Bucket=self.url.bucket, Key=self.url.key)
+            except Exception as exc:
+                raise classify(exc, what) from None
+            self._size, self._etag = int(meta["ContentLength"]), str(meta["ETag"])
+            self._version = self._etag
+            return
+        except Exception as exc:
+            raise classify(exc, what) from None
+        body = resp["Body"]
+        try:
+            if "ContentRange" in resp:
+                _, end, total = parse_content_range(resp["ContentRange"], what)
+            else:  # a 200 for the whole object (servers may ignore Range on small objects)
+                end, total = int(resp["ContentLength"]), int(resp["ContentLength"])
+            if total is None:
+                raise E.RangeError(f"{what}: Content-Range {resp['ContentRange']!r} has no size")
+            data = body.read(min(head, end))
+        except E.WStreamError:
+            raise
+        except Exception as exc:
+            raise classify(exc, what) from None
+        finally:
+            body.close()
+        if len(data) != min(head, total):
+            raise Retryable(
+                E.ShortBody, f"head body of {len(data)} bytes, expected {min(head, total)}"
+            )
+        self._size, self._etag, self._head = total, str(resp["ETag"]), data
+        self._version = self._etag
+
+    def _get(self, request: Request) -> None:
+        what = f"{self._name}: bytes {request.start}-{request.end - 1}"
+        try:
+            resp = self._client.get_object(
+                Bucket=self.url.bucket,
+                Key=self.url.key,
+                Range=f"bytes={request.start}-{request.end - 1}",
+                IfMatch=self._etag,
+            )
+        except Exception as exc:
+            raise classify(exc, what) from None
+        body = resp["Body"]
+        complete = False
+        try:
+            start, end, total = parse_content_range(resp.get("ContentRange"), what)
+            etag = resp.get("ETag")  # a server that sends none still honoured If-Match
+            self._check_open(what, total, None if etag is None else str(etag))
+            if (start, end) != (request.start, request.end):
+                raise E.RangeError(f"{what}: server answered bytes {start}-{end - 1}")
+            if int(resp["ContentLength"]) != end - start:
+                raise Retryable(E.ShortBody, f"Content-Length {resp['ContentLength']}")
+            scatter(request, body.readinto, self._closed, what)
+            complete = True
+        except (E.WStreamError, Retryable):
+            raise
+        except Exception as exc:
+            raise classify(exc, what) from None
+        finally:
+            if not complete:
+                body.close()  # drop the connection: its body is not fully read
+
+    def _release(self) -> None:
+        self._client.close()
+
+
+class _EmptyRange(Exception):
+    """Internal: the open must use HEAD (no head bytes wanted, or an empty object)."""
