@@ -155,22 +155,14 @@ def widened_nbytes(container: Path) -> int:
 
 
 def run_request(container: Path, image: Path, ids: str, new_tokens: int) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "wstream.cli",
-        "run",
-        str(container),
-        "--image",
-        str(image),
-        "--input-ids",
-        ids,
-        "--max-new-tokens",
-        str(new_tokens),
-        "--budget",
-        BUDGET,
-        "--json",
-    ]
+    cmd = ["run", str(container), "--image", str(image), "--input-ids", ids]
+    return run_measured(cmd + ["--max-new-tokens", str(new_tokens), "--budget", BUDGET, "--json"])
+
+
+def run_measured(args: list[str]) -> dict[str, Any]:
+    """``wstream ARGS`` (ending in ``--json``) in a fresh process, its RSS sampled every 2 ms:
+    the JSON it printed, plus ``process_wall_s`` and the ``sampled`` peaks."""
+    cmd = [sys.executable, "-m", "wstream.cli", *args]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with Sampler(proc.pid) as sampler:

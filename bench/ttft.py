@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,8 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))  # qwen_vocab: the offline 2.6 tokenizer
 
-from _measure import MiB, Sampler, drop_cache, wait_quiet, warm  # noqa: E402
-from full_model import ensure_checkpoint, stamp_ok, write_stamp  # noqa: E402
+from _measure import MiB, drop_cache, wait_quiet, warm  # noqa: E402
+from full_model import ensure_checkpoint, run_measured, stamp_ok, write_stamp  # noqa: E402
 
 RESULTS = HERE / "results"
 BUDGET = "1G"
@@ -101,18 +100,8 @@ def photo(path: Path) -> Path:
 
 
 def run_request(container: Path, image: Path) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "wstream.cli", "run", str(container), "--image", str(image)]
-    cmd += ["--prompt", PROMPT, "--max-new-tokens", "1", "--budget", BUDGET, "--json"]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with Sampler(proc.pid) as sampler:
-        out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"wstream run failed: {err.strip()[-2000:]}")
-    result: dict[str, Any] = json.loads(out)
-    result["process_wall_s"] = time.perf_counter() - t0
-    result["sampled"] = dict(sampler.peak)
-    return result
+    cmd = ["run", str(container), "--image", str(image), "--prompt", PROMPT]
+    return run_measured(cmd + ["--max-new-tokens", "1", "--budget", BUDGET, "--json"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ TOP_LEVEL = {
     "wstream.pack",
     "wstream.unpack",
     "wstream.run",
+    "wstream.ask",
     "wstream.cli",
     "wstream.demo",
     "wstream.synthetic",
