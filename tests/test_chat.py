@@ -82,19 +82,29 @@ def test_a_reference_case_has_several_slices() -> None:
     assert max(case(n)["slices"] for n in REFERENCES) >= 4
 
 
-def test_answers_the_held_out_questions(container: Path) -> None:
-    """The exact answer text for at least 95% of the held-out cases, streamed under a budget."""
-    right, wrong = 0, []
+def test_answers_as_the_torch_pipeline_does(container: Path) -> None:
+    """Every held-out case, streamed under a budget: the exact answer the independent torch
+    pipeline gives (tools/tiny_reference.py, float64) — right or wrong, the same text."""
+    differ = []
     with Model.open(container, budget=1 << 20, prefetch=2) as model:
         for c in CASES["cases"]:
-            stream = model.chat(c["question"], [GOLDEN / c["image"]], sampling=SHORT)
-            text = stream.text()
-            assert stream.result is not None
-            if text == c["answer"]:
-                right += 1
-            else:
-                wrong.append((c["name"], c["answer"], text))
-    assert right >= 0.95 * len(CASES["cases"]), wrong
+            text = model.chat(c["question"], [GOLDEN / c["image"]], sampling=SHORT).text()
+            if text != c["reference_answer"]:
+                differ.append((c["name"], c["reference_answer"], text))
+    assert not differ
+
+
+def test_answers_the_held_out_colour_questions(container: Path) -> None:
+    """The kind the tiny model learned: the right answer for at least 95% of its held-out cases
+    (presence is 85% and counting was dropped: tests/golden/minicpmv-tiny/README.md)."""
+    colour = [c for c in CASES["cases"] if c["kind"] == "color"]
+    assert len(colour) >= 20
+    with Model.open(container, budget=1 << 20, prefetch=2) as model:
+        right = sum(
+            model.chat(c["question"], [GOLDEN / c["image"]], sampling=SHORT).text() == c["answer"]
+            for c in colour
+        )
+    assert right >= 0.95 * len(colour)
 
 
 def test_streamed_equals_eager_answer(container: Path) -> None:
