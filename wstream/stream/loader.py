@@ -356,4 +356,9 @@ def forward_weights(
     decoded up front (int8 pieces kept as stored, so both give bit-identical logits)."""
     if eager:
         return EagerWeights(container, keep_quantized=True)
+    # bf16 views need ml_dtypes, imported lazily elsewhere (``info`` never pays for it): import it
+    # here so its cost (15-20 ms, seconds on a loaded machine) counts as opening the model, not
+    # as the first layer's time, as it does for the eager path.
+    import ml_dtypes  # noqa: F401
+
     return StreamingLoader(container, budget=budget, prefetch=prefetch, widen=Widen.QUANTIZED)
