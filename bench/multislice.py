@@ -167,8 +167,8 @@ def main() -> int:
         "",
         "The budget bounds the weights the loader holds (pool peak); activations are outside "
         "it: with n slices of 1024 patches the tower holds n x 1024 rows of 1152 and 4304 floats "
-        "plus one slice's attention scores at a time; measured here, RssAnon grows by about 52 MiB per
-slice.",
+        "plus one slice's attention scores at a time; measured here, RssAnon grows by about 52 MiB "
+        "per slice.",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "multislice.json").write_text(json.dumps(rows, indent=1))
