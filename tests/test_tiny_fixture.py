@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from qwen_vocab import ADDED
 
 from wstream import open_container
 from wstream.model.config import from_hf, tensor_shapes
@@ -35,27 +36,7 @@ JSON_FILES = (
     "generation_config.json",
 )
 # MiniCPM-V 2.6's added tokens (added_tokens.json) plus <unk>, in the real id order.
-SPECIAL = [
-    "<unk>",
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<image>",
-    "</image>",
-    "<ref>",
-    "</ref>",
-    "<box>",
-    "</box>",
-    "<quad>",
-    "</quad>",
-    "<point>",
-    "</point>",
-    "<slice>",
-    "</slice>",
-    "<image_id>",
-    "</image_id>",
-    *(f"<|reserved_special_token_{i}|>" for i in range(6)),
-]
+SPECIAL = ["<unk>", *ADDED]
 
 
 def load(name: str) -> Any:
