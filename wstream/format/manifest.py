@@ -620,24 +620,7 @@ def _chunk(value: Any, where: str, data_end: int) -> ChunkEntry:
     )
     name = _name(c["name"], f"{where}.name")
     group = _name(c["group"], f"{where}.group")
-    # Any u64 is a well-formed offset or size; one that points outside the chunk data area is
-    # out of bounds (not a limit), whichever side it falls on.
-    offset = _int(c["offset"], f"{where}.offset", 0, _U64_MAX)
-    if not spec.DATA_START <= offset <= data_end:
-        raise E.OutOfBounds(
-            f"{where}.offset: {offset} is outside the chunk data area "
-            f"[{spec.DATA_START}, {data_end}]"
-        )
-    if offset % spec.CHUNK_ALIGNMENT:
-        raise E.MisalignedOffset(
-            f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}"
-        )
-    nbytes = _int(c["nbytes"], f"{where}.nbytes", 0, _U64_MAX)
-    if offset + nbytes > data_end:
-        raise E.OutOfBounds(
-            f"{where}: bytes [{offset}, {offset + nbytes}) run past the chunk data area, "
-            f"which ends at {data_end}"
-        )
+    offset, nbytes = _region(c, where, data_end)
     raw_nbytes = _int(c["raw_nbytes"], f"{where}.raw_nbytes", 0, spec.MAX_CHUNK_RAW_NBYTES)
     crc = _int(c["crc32"], f"{where}.crc32", 0, 0xFFFFFFFF)
     codec = _codec(c["codec"], f"{where}.codec", nbytes, raw_nbytes)
@@ -816,10 +799,12 @@ def check_file_name(value: Any, where: str) -> str:
     return value
 
 
-def _file(value: Any, where: str, data_end: int) -> FileEntry:
-    f = _obj(value, where, _FILE_KEYS)
-    name = check_file_name(f["name"], f"{where}.name")
-    offset = _int(f["offset"], f"{where}.offset", 0, _U64_MAX)  # the region rules of a chunk
+def _region(obj: dict[str, Any], where: str, data_end: int) -> tuple[int, int]:
+    """A chunk's or an embedded file's ``offset`` and ``nbytes``, checked against the chunk data
+    area ``[DATA_START, data_end]`` and the chunk alignment (one rule for both)."""
+    # Any u64 is a well-formed offset or size; one that points outside the chunk data area is
+    # out of bounds (not a limit), whichever side it falls on.
+    offset = _int(obj["offset"], f"{where}.offset", 0, _U64_MAX)
     if not spec.DATA_START <= offset <= data_end:
         raise E.OutOfBounds(
             f"{where}.offset: {offset} is outside the chunk data area "
@@ -829,12 +814,19 @@ def _file(value: Any, where: str, data_end: int) -> FileEntry:
         raise E.MisalignedOffset(
             f"{where}.offset: {offset} is not a multiple of {spec.CHUNK_ALIGNMENT}"
         )
-    nbytes = _int(f["nbytes"], f"{where}.nbytes", 0, _U64_MAX)
+    nbytes = _int(obj["nbytes"], f"{where}.nbytes", 0, _U64_MAX)
     if offset + nbytes > data_end:
         raise E.OutOfBounds(
             f"{where}: bytes [{offset}, {offset + nbytes}) run past the chunk data area, "
             f"which ends at {data_end}"
         )
+    return offset, nbytes
+
+
+def _file(value: Any, where: str, data_end: int) -> FileEntry:
+    f = _obj(value, where, _FILE_KEYS)
+    name = check_file_name(f["name"], f"{where}.name")
+    offset, nbytes = _region(f, where, data_end)  # the region rules of a chunk
     raw_nbytes = _int(f["raw_nbytes"], f"{where}.raw_nbytes", 0, spec.MAX_FILE_NBYTES)
     crc = _int(f["crc32"], f"{where}.crc32", 0, 0xFFFFFFFF)
     codec = _codec(f["codec"], f"{where}.codec", nbytes, raw_nbytes)
