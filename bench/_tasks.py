@@ -165,13 +165,15 @@ def stream(
     verify: bool = True,
     touch: bool = True,
     expect_cold: bool = False,
+    mapped: bool = False,
 ) -> dict[str, Any]:
-    """Stream every chunk in file order; the consumer touches every page (or just releases)."""
+    """Stream every chunk in file order; the consumer touches every page (or just releases).
+    ``mapped``: the zero-copy map of the file instead of the default pread (see MAPPING.md)."""
     from wstream import open_container
     from wstream.stream.loader import StreamingLoader
 
     res = resident(path) if expect_cold else None
-    c = open_container(path)
+    c = open_container(path, mapped=mapped)
     names = [ch.name for ch in c.manifest.chunks]
     reset_peak()
     base = status()
@@ -334,6 +336,7 @@ def overlap(
     seed: int = 0,
     forward_widens: bool = False,
     group_prefix: str = "",
+    mapped: bool = False,
 ) -> dict[str, Any]:
     """Per chunk: for every weight matrix W (float32), x[T, in] @ W.T; 1-d weights x * w.
 
@@ -354,7 +357,7 @@ def overlap(
     from wstream.model.weights import SUB_ELEMENTS
     from wstream.stream.loader import EagerWeights, StreamingLoader
 
-    c = open_container(path)
+    c = open_container(path, mapped=mapped)
     chunks = [ch for ch in c.manifest.chunks if ch.group.startswith(group_prefix)]
     names = [ch.name for ch in chunks]
     widths = set()
@@ -456,6 +459,7 @@ def first_chunk(
     verify: bool = True,
     expect_cold: bool = False,
     preimport: bool = True,
+    mapped: bool = False,
 ) -> dict[str, Any]:
     """open_container -> StreamingLoader -> stream(all chunks) -> next(): the first chunk in hand
     (and then its pages touched). Imports are timed separately; ``preimport`` also imports what
@@ -470,7 +474,7 @@ def first_chunk(
     imports = time.perf_counter() - t
     res = resident(path) if expect_cold else None
     t0 = time.perf_counter()
-    c = open_container(path)
+    c = open_container(path, mapped=mapped)
     t_open = time.perf_counter()
     names = [ch.name for ch in c.manifest.chunks]
     loader = StreamingLoader(
