@@ -1131,6 +1131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             previous = {}
     results = {"machine": machine(), "figures": previous.get("figures", {})}
     code = code_version(args.wstream)
+    if args.wstream and Path(code["wstream"]).resolve() != Path(args.wstream).resolve():
+        # An editable install's import hook runs before PYTHONPATH is searched: the children
+        # would measure the installed package, not DIR's. bench/ab.py runs each checkout's venv.
+        raise SystemExit(
+            f"--wstream {args.wstream}: the children import wstream from {code['wstream']} "
+            "(an editable install wins over PYTHONPATH); use that checkout's own venv, or "
+            "bench/ab.py --a DIR"
+        )
     names = args.only or list(FIGURES)
     ctx.log(
         f"figures: {', '.join(names)}; data in {ctx.data.root}; wstream {code['commit']} at {code['wstream']}"
