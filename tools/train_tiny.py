@@ -17,6 +17,8 @@ Set up once, in the worktree's venv (torch 2.13.0 CPU is a local wheel, never a 
 Then, from the repository root::
 
     python tools/train_tiny.py train --kinds color,presence --minutes 21 --batch 8 --warmup 30
+    python tools/train_tiny.py train --resume --kinds color,presence --presence-all --lr 5e-4 \
+        --minutes 40 --batch 8 --warmup 20 --eval-every 100 --validation 20 --seed 7
     python tools/train_tiny.py export --kinds color,presence
     python tools/train_tiny.py --check          # recompute the golden files from the fixture
 
