@@ -17,6 +17,8 @@ Set up once, in the worktree's venv (torch 2.13.0 CPU is a local wheel, never a 
 Then, from the repository root::
 
     python tools/train_tiny.py train --kinds color,presence --minutes 21 --batch 8 --warmup 30
+    python tools/train_tiny.py train --resume --kinds color,presence --presence-all --lr 5e-4 \
+        --minutes 40 --batch 8 --warmup 20 --eval-every 100 --validation 20 --seed 7
     python tools/train_tiny.py export --kinds color,presence
     python tools/train_tiny.py --check          # recompute the golden files from the fixture
 
@@ -29,13 +31,14 @@ rebuilds every golden output in float64 from the committed files alone and compa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,9 +52,19 @@ from tiny_fixture import check, export
 from tiny_request import answer_ids, build_tokenizer, encode, evaluate
 
 WORK = Path("/tmp/minicpmv-tiny-train")
+VALIDATION_SEED = 20261202  # held-out cases: tiny_data.held_out's default seed 20261201
 
 
 # --- training -----------------------------------------------------------------------------------
+
+
+class Batch(NamedTuple):
+    ids: torch.Tensor  # [rows, T], padded with <|endoftext|>
+    labels: torch.Tensor  # [rows, T], -100 outside the answer
+    bounds: list[list[tuple[int, int]]]  # per row, its image's spans
+    pixels: list[torch.Tensor]  # every image's slices once, image after image
+    tgts: torch.Tensor  # [slices, 2]
+    feature_rows: torch.Tensor  # per row, its image's slice indices, concatenated in row order
 
 
 def make_batch(
@@ -60,26 +73,47 @@ def make_batch(
     size: int,
     banned: set[tuple[object, ...]],
     kinds: tuple[str, ...] = tiny_data.KINDS,
-) -> tuple[
-    torch.Tensor, torch.Tensor, list[list[tuple[int, int]]], list[torch.Tensor], torch.Tensor
-]:
+    presence_all: bool = False,
+) -> Batch:
+    """``size`` fresh images, one question each; with ``presence_all`` a presence image is asked
+    about every colour (one row per colour), all rows sharing the image's one vision pass."""
     pad = tok.token_to_id("<|endoftext|>")
-    seqs, labels, bounds, pixels, tgts = [], [], [], [], []
-    while len(seqs) < size:
+    seqs, labels, bounds, pixels, tgts, rows = [], [], [], [], [], []
+    images = 0
+    while images < size:
         case = tiny_data.make_case(rng, rng.choice(kinds))
-        if case.key() in banned:
+        asks = [case]
+        if presence_all and case.kind == "presence":
+            present = {s.color for s in case.shapes}
+            asks = [
+                dataclasses.replace(
+                    case,
+                    question=tiny_data.presence_question(c),
+                    answer="yes" if c in present else "no",
+                )
+                for c in tiny_data.COLORS
+            ]
+        asks = [a for a in asks if a.key() not in banned]
+        if not asks:
             continue
-        enc = encode(tok, tiny_data.render(case), case.question)
-        ans = answer_ids(tok, case.answer)
-        seqs.append(enc.ids + ans)
-        labels.append([-100] * len(enc.ids) + ans)
-        bounds.append(enc.bounds)
+        image = tiny_data.render(case)
+        first = len(tgts)
+        for ask in asks:
+            enc = encode(tok, image, ask.question)
+            ans = answer_ids(tok, ask.answer)
+            seqs.append(enc.ids + ans)
+            labels.append([-100] * len(enc.ids) + ans)
+            bounds.append(enc.bounds)
+            rows.extend(range(first, first + len(enc.tgt_sizes)))
         pixels.extend(torch.from_numpy(p) for p in enc.pixel_values)
         tgts.extend(enc.tgt_sizes)
+        images += 1
     width = max(len(s) for s in seqs)
     ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
     lab = torch.tensor([x + [-100] * (width - len(x)) for x in labels])
-    return ids, lab, bounds, pixels, torch.tensor(tgts, dtype=torch.int32)
+    return Batch(
+        ids, lab, bounds, pixels, torch.tensor(tgts, dtype=torch.int32), torch.tensor(rows)
+    )
 
 
 def train(args: argparse.Namespace) -> int:
@@ -101,8 +135,13 @@ def train(args: argparse.Namespace) -> int:
     print(f"vocab {vocab}, parameters {n_params}", flush=True)
     # Every kind's held-out cases stay banned from training, kept or not.
     every = tiny_data.held_out(args.held_out)
-    banned = {c.key() for c in every}
     cases = [c for c in every if c.kind in args.kinds]
+    # A validation set of its own seed, banned too: what to judge a run by besides the held-out
+    # cases, so that no choice is made on the held-out set.
+    validation = [
+        c for c in tiny_data.held_out(args.validation, VALIDATION_SEED) if c.kind in args.kinds
+    ]
+    banned = {c.key() for c in every + validation}
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     rng = random.Random(args.seed + 1000 * args.resume)
     log: list[dict[str, Any]] = []
@@ -122,13 +161,15 @@ def train(args: argparse.Namespace) -> int:
         for group in opt.param_groups:
             group["lr"] = lr
         model.train()
-        ids, lab, bounds, pixels, tgts = make_batch(tok, rng, args.batch, banned, args.kinds)
-        feats = model.image_features(pixels, tgts)
-        emb = model.embed(ids, bounds, feats)
-        logits = model.llm(inputs_embeds=emb).logits
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, vocab), lab[:, 1:].reshape(-1), ignore_index=-100
-        )
+        batch = make_batch(tok, rng, args.batch, banned, args.kinds, args.presence_all)
+        feats = model.image_features(batch.pixels, batch.tgts)[batch.feature_rows]
+        emb = model.embed(batch.ids, batch.bounds, feats)
+        # The head only where there is a label: most positions are the prompt.
+        hidden = model.llm.model(inputs_embeds=emb).last_hidden_state[:, :-1]
+        target = batch.labels[:, 1:]
+        where = target != -100
+        logits = model.llm.lm_head(hidden[where])
+        loss = torch.nn.functional.cross_entropy(logits, target[where])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -143,13 +184,19 @@ def train(args: argparse.Namespace) -> int:
             entry = {
                 "step": step,
                 "loss": loss.item(),
+                "lr": lr,
                 "seconds": time.monotonic() - start,
                 "held_out": acc,
                 "resumed": bool(args.resume),
             }
+            if validation:
+                entry["validation"] = evaluate(model, tok, validation, torch.float32)
             log.append(entry)
             print(f"eval {json.dumps(entry)}", flush=True)
-            save_file(ref.tensor_dict(model), str(work / "model-f32.safetensors"))
+            weights = ref.tensor_dict(model)
+            save_file(weights, str(work / "model-f32.safetensors"))
+            if args.keep_snapshots:
+                save_file(weights, str(work / f"model-f32-{len(log):03d}.safetensors"))
             (work / "train_log.json").write_text(
                 json.dumps(
                     {
@@ -188,6 +235,17 @@ def main(argv: list[str] | None = None) -> int:
     # 0.8 s CPU with 1 thread and 29 s wall / 5.2 s CPU with 2 (the threads wait on each other).
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--resume", action="store_true", help="continue from --work's weights")
+    parser.add_argument(
+        "--presence-all",
+        action="store_true",
+        help="ask every presence image about every colour (5 labelled rows per vision pass)",
+    )
+    parser.add_argument(
+        "--validation", type=int, default=0, help="validation cases per kind (own seed; 0: none)"
+    )
+    parser.add_argument(
+        "--keep-snapshots", action="store_true", help="keep the weights of every eval point"
+    )
     args = parser.parse_args(argv)
     if args.check:
         return check(args.threads)
