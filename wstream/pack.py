@@ -37,7 +37,7 @@ from wstream.format.quant import (
     quantize_int8,
 )
 from wstream.format.spec import CodecId, DType, QuantScheme, align_up
-from wstream.model.folds import Derived, FoldPlan, parse_folds, plan_folds
+from wstream.model.folds import FOLDS, Derived, FoldPlan, detect, parse_folds, plan_folds
 from wstream.model.schedule import ScheduledGroup, execution_order
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
@@ -395,6 +395,9 @@ def pack(
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     fold_plan = plan_folds(fold_names, shapes, strict=fold != "all")
     tensors, derived = folded_tensors(ckpt.tensors, fold_plan)
+    # A checkpoint written by ``unpack --folded`` already holds fused tensors: still recorded.
+    held = set(fold_plan.folds) | set(detect(list(ckpt.tensors)))
+    folds = tuple(f for f in FOLDS if f in held)
     # Read and checked before any tensor is packed: a bad tokenizer.json fails in a second, not
     # after the whole checkpoint has been converted.
     model_paths = find_model_files(src) if files else ()
@@ -456,7 +459,7 @@ def pack(
             writer.add_file(model_file.name, model_file.data, zstd=codec == "zstd")
         check_unchanged(ckpt.stamps)  # a shard rewritten while read: publish nothing
         manifest = writer.close(
-            config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy, folds=fold_plan.folds
+            config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy, folds=folds
         )
     return PackReport(
         tensors=len(manifest.tensors),
