@@ -1210,8 +1210,8 @@ def fold_vectors() -> list[Invalid]:
         (
             "folds_unknown",
             "UnknownCodec",
-            "`folds` names 'gate_up', a fold this reader does not implement (rule J2).",
-            ["qkv", "gate_up"],
+            "`folds` names 'unknown-fold', a fold this reader does not implement (rule J2).",
+            ["qkv", "unknown-fold"],
         ),
         ("folds_duplicate", "DuplicateName", "`folds` lists 'qkv' twice (rule J3).", ["qkv"] * 2),
     ]:

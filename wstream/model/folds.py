@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from wstream.errors import InputError
 
 QKV = "qkv"
-FOLDS: tuple[str, ...] = (QKV,)  # every kept fold, in the order ``all`` applies them
+GATE_UP = "gate_up"
+FOLDS: tuple[str, ...] = (QKV, GATE_UP)  # every kept fold, in the order ``all`` applies them
+GATE_UP_WEIGHT = "mlp.gate_up_proj.weight"  # rows [gate; up]
 
 # The fused q/k/v tensors, local to a layer's prefix: rows [q; k; v].
 QKV_WEIGHT = "self_attn.qkv_proj.weight"
@@ -111,7 +113,22 @@ def _qkv(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple[str
     return out
 
 
-_PLANNERS = {QKV: _qkv}
+def _gate_up(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple[str, ...]]]:
+    out = []
+    for name in shapes:
+        if not (name.startswith("llm.model.layers.") and name.endswith(".mlp.gate_proj.weight")):
+            continue
+        layer = name[: -len("mlp.gate_proj.weight")]
+        parts = (name, layer + "mlp.up_proj.weight")
+        if parts[1] not in shapes or shapes[parts[0]] != shapes[parts[1]]:
+            continue
+        rows, cols = shapes[name]
+        stack = tuple(RowSlice(p, 0, rows) for p in parts)
+        out.append((Derived(layer + GATE_UP_WEIGHT, (2 * rows, cols), stack), parts))
+    return out
+
+
+_PLANNERS = {QKV: _qkv, GATE_UP: _gate_up}
 
 
 def plan_folds(
@@ -139,8 +156,8 @@ def plan_folds(
 
 def detect(names: Sequence[str] | frozenset[str]) -> tuple[str, ...]:
     """The folds whose derived tensors ``names`` (a container's tensors) hold."""
-    found = [QKV] if any(n.endswith("." + QKV_WEIGHT) for n in names) else []
-    return tuple(found)
+    ends = {QKV: "." + QKV_WEIGHT, GATE_UP: "." + GATE_UP_WEIGHT}
+    return tuple(f for f in FOLDS if any(n.endswith(ends[f]) for n in names))
 
 
 def folded_shapes(

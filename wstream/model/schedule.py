@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wstream.format.manifest import stage_of
-from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
+from wstream.model.folds import GATE_UP_WEIGHT, QKV_BIAS, QKV_WEIGHT
 
 Item = tuple[str, ...]
 
@@ -95,6 +95,7 @@ FUSED_ITEMS: dict[Item, tuple[Item, ...]] = {
         ("self_attn.k_proj.weight", "self_attn.k_proj.bias"),
         ("self_attn.v_proj.weight", "self_attn.v_proj.bias"),
     ),
+    (GATE_UP_WEIGHT,): (("mlp.gate_proj.weight", "mlp.up_proj.weight"),),
 }
 
 
