@@ -105,10 +105,10 @@ def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:
     if cur.has(GATE_UP_WEIGHT):
         y = linear(x, cur, GATE_UP_WEIGHT)  # [T, 2*inter]
         inter = y.shape[1] // 2
-        act = y[:, :inter]  # [T, inter]
-        act *= silu_factor(act)
-        act *= y[:, inter:]
-        return np.ascontiguousarray(act)
+        gated = y[:, :inter]  # [T, inter]
+        gated *= silu_factor(gated)
+        gated *= y[:, inter:]
+        return np.ascontiguousarray(gated)
     act: np.ndarray | None = None
     for r0, r1, (g, u) in cur.quant_blocks(gate, up):
         if act is None:

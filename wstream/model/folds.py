@@ -114,7 +114,7 @@ def _qkv(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple[str
 
 
 def _gate_up(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple[str, ...]]]:
-    out = []
+    out: list[tuple[Derived, tuple[str, ...]]] = []
     for name in shapes:
         if not (name.startswith("llm.model.layers.") and name.endswith(".mlp.gate_proj.weight")):
             continue
