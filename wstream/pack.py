@@ -37,7 +37,15 @@ from wstream.format.quant import (
     quantize_int8,
 )
 from wstream.format.spec import CodecId, DType, QuantScheme, align_up
-from wstream.model.folds import FOLDS, Derived, FoldPlan, detect, parse_folds, plan_folds
+from wstream.model.folds import (
+    FOLDS,
+    Derived,
+    FoldPlan,
+    RowSlice,
+    detect,
+    parse_folds,
+    plan_folds,
+)
 from wstream.model.schedule import ScheduledGroup, execution_order
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
@@ -215,22 +223,31 @@ def _end(e: TensorEntry) -> int:
 
 
 def folded_tensors(
-    tensors: Mapping[str, SourceTensor], plan: FoldPlan
+    tensors: Mapping[str, SourceTensor], plan: FoldPlan, dtype: DType | None = None
 ) -> tuple[dict[str, SourceTensor], dict[str, Derived]]:
     """The tensors to pack once ``plan`` is applied: the source's minus those the folds replace,
-    plus each derived tensor (described as a SourceTensor of its parts' dtype, at no offset of
-    its own: its rows are read through :func:`read_rows`)."""
+    plus each derived tensor, described as a SourceTensor at no offset of its own (its bytes come
+    from :meth:`_Filler._read`): a stack has its parts' dtype; a computed tensor is stored as
+    ``dtype`` (the pack's ``--dtype``), else float32, so the forward reads what it would have
+    computed itself, not a narrower rounding of it."""
     out = {n: t for n, t in tensors.items() if n not in plan.removed}
     derived = {}
     for d in plan.derived:
-        parts = [tensors[r.name] for r in d.stack]
+        parts = [tensors[r.name] for r in d.stack or d.inputs]
+        if d.compute is not None:
+            stored = dtype or DType.F32
+            out[d.name] = SourceTensor(
+                d.name, stored, d.shape, parts[0].path, -1, math.prod(d.shape) * stored.itemsize
+            )
+            derived[d.name] = d
+            continue
         dtypes = {t.dtype for t in parts}
         if len(dtypes) != 1:
             names = ", ".join(t.name for t in parts)
             raise SourceError(f"fold: {names} have different dtypes; cannot stack them")
-        dtype = dtypes.pop()
-        nbytes = math.prod(d.shape) * dtype.itemsize
-        out[d.name] = SourceTensor(d.name, dtype, d.shape, parts[0].path, -1, nbytes)
+        dtype_ = dtypes.pop()
+        nbytes = math.prod(d.shape) * dtype_.itemsize
+        out[d.name] = SourceTensor(d.name, dtype_, d.shape, parts[0].path, -1, nbytes)
         derived[d.name] = d
     return out, derived
 
@@ -275,11 +292,31 @@ class _Filler:
         self.reader = reader
         self.tensors = reader.checkpoint.tensors if tensors is None else tensors
         self.derived = derived or {}
+        self.computed: dict[str, np.ndarray] = {}  # computed derived tensors, once each
         self.lossy = False
         self.scratch = np.empty(0, np.uint8)
 
     def _read(self, name: str, start: int, out: memoryview) -> None:
-        read_rows(self.reader, self.tensors, self.derived, name, start, out)
+        d = self.derived.get(name)
+        if d is None or d.compute is None:
+            read_rows(self.reader, self.tensors, self.derived, name, start, out)
+            return
+        value = self.computed.get(name)
+        if value is None:  # whole, in float64, rounded once to the stored dtype
+            inputs = [self._source_rows(r) for r in d.inputs]
+            value = d.compute(inputs).astype(self.tensors[name].dtype.numpy).reshape(-1)
+            self.computed[name] = value
+        data = value.view(np.uint8)
+        row = data.nbytes // max(d.shape[0], 1) if d.shape else 0
+        out[:] = data[start * row : start * row + out.nbytes].data
+
+    def _source_rows(self, r: RowSlice) -> np.ndarray:
+        """Rows [r.start, r.stop) of a source tensor, in its dtype."""
+        t = self.reader.checkpoint.tensors[r.name]
+        row = t.nbytes // _rows(t) if t.nbytes else 0
+        buf = np.empty((r.stop - r.start) * row, np.uint8)
+        self.reader.read_into(t, r.start * row, buf.data)
+        return buf.view(t.dtype.numpy).reshape((r.stop - r.start, *t.shape[1:]))
 
     def __call__(
         self, plan: ChunkLayout, buf: np.ndarray, *, crc: bool = False
@@ -394,7 +431,7 @@ def pack(
     ckpt = open_checkpoint(src)
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     fold_plan = plan_folds(fold_names, shapes, strict=fold != "all")
-    tensors, derived = folded_tensors(ckpt.tensors, fold_plan)
+    tensors, derived = folded_tensors(ckpt.tensors, fold_plan, dtypes[dtype])
     # A checkpoint written by ``unpack --folded`` already holds fused tensors: still recorded.
     held = set(fold_plan.folds) | set(detect(list(ckpt.tensors)))
     folds = tuple(f for f in FOLDS if f in held)

@@ -18,15 +18,25 @@ resampler's constant query path; they are not offered.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from wstream.errors import InputError
+from wstream.model.config import RESAMPLER_EPS
 
 QKV = "qkv"
 GATE_UP = "gate_up"
-FOLDS: tuple[str, ...] = (QKV, GATE_UP)  # every kept fold, in the order ``all`` applies them
+RESAMPLER_QUERY = "resampler_query"
+# every kept fold, in the order ``all`` applies them
+FOLDS: tuple[str, ...] = (QKV, GATE_UP, RESAMPLER_QUERY)
 GATE_UP_WEIGHT = "mlp.gate_up_proj.weight"  # rows [gate; up]
+# The resampler's constant query path, local to "resampler.": Q = LN_q(query) @ Wq.T + bq
+# [queries, D], and the k/v rows [D, 3D) of the packed in-projection that remain.
+QUERY_PROJ = "query_proj"
+IN_PROJ_KV_WEIGHT = "attn.in_proj_kv_weight"
+IN_PROJ_KV_BIAS = "attn.in_proj_kv_bias"
 
 # The fused q/k/v tensors, local to a layer's prefix: rows [q; k; v].
 QKV_WEIGHT = "self_attn.qkv_proj.weight"
@@ -46,12 +56,17 @@ class RowSlice:
 
 @dataclass(frozen=True, slots=True)
 class Derived:
-    """A tensor a fold stores in place of source tensors: rows of source tensors stacked along
-    the first axis (the bytes are copied, so nothing is rounded)."""
+    """A tensor a fold stores in place of source tensors.
+
+    Either ``stack`` (rows of source tensors, stacked along the first axis: the bytes are copied,
+    nothing is rounded) or ``compute`` (the whole tensor in float64 from the float64 values of
+    ``inputs``, rounded once when stored)."""
 
     name: str
     shape: tuple[int, ...]
-    stack: tuple[RowSlice, ...]
+    stack: tuple[RowSlice, ...] = ()
+    inputs: tuple[RowSlice, ...] = ()
+    compute: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +143,41 @@ def _gate_up(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple
     return out
 
 
-_PLANNERS = {QKV: _qkv, GATE_UP: _gate_up}
+def query_proj(inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """LN_q(query) @ Wq.T + bq in float64, Wq and bq the first D rows of the in-projection.
+    (query [Q, D], ln_q weight [D], ln_q bias [D], Wq [D, D], bq [D]) -> [Q, D]"""
+    query, gamma, beta, w, b = (np.asarray(a, np.float64) for a in inputs)
+    c = query - query.mean(axis=-1, keepdims=True)  # [Q, D]
+    q = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + RESAMPLER_EPS) * gamma + beta
+    out: np.ndarray = q @ w.T + b  # [Q, D]
+    return out
+
+
+def _resampler_query(
+    shapes: Mapping[str, tuple[int, ...]],
+) -> list[tuple[Derived, tuple[str, ...]]]:
+    p = "resampler."
+    inputs = tuple(p + n for n in ("query", "ln_q.weight", "ln_q.bias"))
+    inputs += (p + "attn.in_proj_weight", p + "attn.in_proj_bias")
+    if not all(n in shapes for n in inputs) or len(shapes[inputs[0]]) != 2:
+        return []
+    queries, dim = shapes[inputs[0]]
+    if shapes[inputs[3]] != (3 * dim, dim) or shapes[inputs[4]] != (3 * dim,):
+        return []
+    w, b = inputs[3], inputs[4]
+    rows = [RowSlice(n, 0, shapes[n][0]) for n in inputs[:3]] + [
+        RowSlice(w, 0, dim),
+        RowSlice(b, 0, dim),
+    ]
+    q = Derived(p + QUERY_PROJ, (queries, dim), inputs=tuple(rows), compute=query_proj)
+    return [
+        (q, inputs[:3]),
+        (Derived(p + IN_PROJ_KV_WEIGHT, (2 * dim, dim), (RowSlice(w, dim, 3 * dim),)), (w,)),
+        (Derived(p + IN_PROJ_KV_BIAS, (2 * dim,), (RowSlice(b, dim, 3 * dim),)), (b,)),
+    ]
+
+
+_PLANNERS = {QKV: _qkv, GATE_UP: _gate_up, RESAMPLER_QUERY: _resampler_query}
 
 
 def plan_folds(
@@ -157,7 +206,10 @@ def plan_folds(
 def detect(names: Sequence[str] | frozenset[str]) -> tuple[str, ...]:
     """The folds whose derived tensors ``names`` (a container's tensors) hold."""
     ends = {QKV: "." + QKV_WEIGHT, GATE_UP: "." + GATE_UP_WEIGHT}
-    return tuple(f for f in FOLDS if any(n.endswith(ends[f]) for n in names))
+    found = {f for f in ends if any(n.endswith(ends[f]) for n in names)}
+    if "resampler." + QUERY_PROJ in names:
+        found.add(RESAMPLER_QUERY)
+    return tuple(f for f in FOLDS if f in found)
 
 
 def folded_shapes(
