@@ -15,13 +15,10 @@ process, and each stage's median is reported as a ratio to the unfolded containe
 Variants:
 
 - ``none``: ``pack`` without ``--fold`` (the baseline);
-- ``qkv``, ``gate_up``: ``pack --fold qkv`` / ``--fold gate_up``;
+- ``qkv``, ``gate_up``, ``resampler_query``: ``pack --fold NAME``;
 - ``norm affine (bound)``: the unfolded container with every norm's affine step (x * w + b)
   skipped: the most that folding the affine parts into the next linear could save, since that
-  fold leaves every product as large as it is (the numbers are wrong, the time is the bound);
-- ``resampler query path (bound)``: the resampler stage minus the time of what precomputing
-  ``ln_q(query)`` and its in-projection would remove (widening the q rows of ``in_proj_weight``,
-  the norm and the [64, 3584] @ [3584, 3584] product), timed in the same round.
+  fold leaves every product as large as it is (the numbers are wrong, the time is the bound).
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ import numpy as np
 import wstream  # noqa: F401  (first, as `wstream run` does)
 from wstream.container.reader import Container
 from wstream.model import blockwise
-from wstream.model.ops import normalize
 from wstream.model.vlm import generate
 from wstream.pack import pack
 from wstream.stream.loader import forward_weights
@@ -57,7 +53,7 @@ RESULTS = HERE / "results"
 BUDGET = 1 << 30
 STAGES = ("vision", "resampler", "prefill", "decode")
 TEXT = 16  # text positions beside the 64 image positions: 80, as bench/full_model.py
-FOLDS = {"none": None, "qkv": "qkv", "gate_up": "gate_up"}
+FOLDS = {"none": None, "qkv": "qkv", "gate_up": "gate_up", "resampler_query": "resampler_query"}
 
 
 def prepare(data: Path, vision_layers: int, llm_layers: int) -> dict[str, Path]:
@@ -99,24 +95,6 @@ def no_affine() -> Iterator[None]:
         blockwise.scale_shift = real
 
 
-def query_path(rng: np.random.Generator, dim: int = 3584, queries: int = 64) -> Callable[[], float]:
-    """Seconds of what the resampler query fold removes: widen Wq from bf16, LN, one product."""
-    import ml_dtypes
-
-    wq = (rng.standard_normal((dim, dim), dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16)
-    query = rng.standard_normal((queries, dim), dtype=np.float32)
-    scratch = np.empty((dim, dim), np.float32)
-
-    def run() -> float:
-        t0 = time.perf_counter()
-        np.copyto(scratch, wq, casting="unsafe")
-        q = normalize(query, 1e-6)
-        _ = q @ scratch.T
-        return time.perf_counter() - t0
-
-    return run
-
-
 def request(path: Path, steps: int, rng: np.random.Generator) -> dict[str, float]:
     with Container(path) as c:
         source = forward_weights(c, budget=BUDGET)
@@ -153,7 +131,6 @@ def main() -> int:
     for p in paths.values():
         warm(p)
     rng = np.random.default_rng(0)
-    qpath = query_path(rng)
     variants: dict[str, Callable[[], dict[str, float]]] = {
         name: (lambda p=p: request(p, args.steps, rng)) for name, p in paths.items()
     }
@@ -164,7 +141,6 @@ def main() -> int:
 
     variants["norm affine (bound)"] = bounded_affine
     times: dict[str, dict[str, list[float]]] = {n: {s: [] for s in STAGES} for n in variants}
-    times["resampler query path (bound)"] = {"resampler": []}
     names = list(variants)
     for name in names:  # one untimed request each: first-touch costs out of the rounds
         variants[name]()
@@ -175,8 +151,6 @@ def main() -> int:
             t = variants[name]()
             for s in STAGES:
                 times[name][s].append(t[s])
-            if name == "none":
-                times["resampler query path (bound)"]["resampler"].append(t["resampler"] - qpath())
         print(f"round {r + 1}/{args.rounds} load {os.getloadavg()[0]:.2f}", flush=True)
     load_after = os.getloadavg()
     med = {n: {s: statistics.median(v) for s, v in st.items()} for n, st in times.items()}

@@ -37,16 +37,9 @@ from wstream.format.quant import (
     quantize_int8,
 )
 from wstream.format.spec import CodecId, DType, QuantScheme, align_up
-from wstream.model.folds import (
-    FOLDS,
-    Derived,
-    FoldPlan,
-    RowSlice,
-    detect,
-    parse_folds,
-    plan_folds,
-)
+from wstream.model.folds import FOLDS, detect, parse_folds, plan_folds
 from wstream.model.schedule import ScheduledGroup, execution_order
+from wstream.pack_folds import FoldedSource
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
 _SLAB_NBYTES = (
@@ -222,101 +215,18 @@ def _end(e: TensorEntry) -> int:
     return max(end, e.quant.scales + e.scales_nbytes) if e.quant is not None else end
 
 
-def folded_tensors(
-    tensors: Mapping[str, SourceTensor], plan: FoldPlan, dtype: DType | None = None
-) -> tuple[dict[str, SourceTensor], dict[str, Derived]]:
-    """The tensors to pack once ``plan`` is applied: the source's minus those the folds replace,
-    plus each derived tensor, described as a SourceTensor at no offset of its own (its bytes come
-    from :meth:`_Filler._read`): a stack has its parts' dtype; a computed tensor is stored as
-    ``dtype`` (the pack's ``--dtype``), else float32, so the forward reads what it would have
-    computed itself, not a narrower rounding of it."""
-    out = {n: t for n, t in tensors.items() if n not in plan.removed}
-    derived = {}
-    for d in plan.derived:
-        parts = [tensors[r.name] for r in d.stack or d.inputs]
-        if d.compute is not None:
-            stored = dtype or DType.F32
-            out[d.name] = SourceTensor(
-                d.name, stored, d.shape, parts[0].path, -1, math.prod(d.shape) * stored.itemsize
-            )
-            derived[d.name] = d
-            continue
-        dtypes = {t.dtype for t in parts}
-        if len(dtypes) != 1:
-            names = ", ".join(t.name for t in parts)
-            raise SourceError(f"fold: {names} have different dtypes; cannot stack them")
-        dtype_ = dtypes.pop()
-        nbytes = math.prod(d.shape) * dtype_.itemsize
-        out[d.name] = SourceTensor(d.name, dtype_, d.shape, parts[0].path, -1, nbytes)
-        derived[d.name] = d
-    return out, derived
-
-
-def read_rows(
-    reader: CheckpointReader,
-    tensors: Mapping[str, SourceTensor],
-    derived: Mapping[str, Derived],
-    name: str,
-    start: int,
-    out: memoryview,
-) -> None:
-    """Fill ``out`` with the bytes of tensor ``name`` from row ``start`` on (a 0-d tensor: its
-    bytes); a derived (stacked) tensor's rows come from the rows of its parts, in order."""
-    t = tensors[name]
-    row = t.nbytes // _rows(t) if t.nbytes else 0
-    d = derived.get(name)
-    if d is None:
-        reader.read_into(t, start * row, out)
-        return
-    at, base = 0, 0  # bytes filled, first fused row of the current part
-    for part in d.stack:
-        n = part.stop - part.start
-        lo, hi = max(start, base), min(start + out.nbytes // max(row, 1), base + n)
-        if lo < hi:
-            src = reader.checkpoint.tensors[part.name]
-            size = (hi - lo) * row
-            reader.read_into(src, (part.start + lo - base) * row, out[at : at + size])
-            at += size
-        base += n
-
-
 class _Filler:
     """Reads a chunk's pieces from the source into a buffer, converting where asked."""
 
-    def __init__(
-        self,
-        reader: CheckpointReader,
-        tensors: Mapping[str, SourceTensor] | None = None,
-        derived: Mapping[str, Derived] | None = None,
-    ) -> None:
+    def __init__(self, reader: CheckpointReader, source: FoldedSource | None = None) -> None:
         self.reader = reader
-        self.tensors = reader.checkpoint.tensors if tensors is None else tensors
-        self.derived = derived or {}
-        self.computed: dict[str, np.ndarray] = {}  # computed derived tensors, once each
+        self.source = FoldedSource(reader.checkpoint) if source is None else source
+        self.tensors = self.source.tensors
         self.lossy = False
         self.scratch = np.empty(0, np.uint8)
 
     def _read(self, name: str, start: int, out: memoryview) -> None:
-        d = self.derived.get(name)
-        if d is None or d.compute is None:
-            read_rows(self.reader, self.tensors, self.derived, name, start, out)
-            return
-        value = self.computed.get(name)
-        if value is None:  # whole, in float64, rounded once to the stored dtype
-            inputs = [self._source_rows(r) for r in d.inputs]
-            value = d.compute(inputs).astype(self.tensors[name].dtype.numpy).reshape(-1)
-            self.computed[name] = value
-        data = value.view(np.uint8)
-        row = data.nbytes // max(d.shape[0], 1) if d.shape else 0
-        out[:] = data[start * row : start * row + out.nbytes].data
-
-    def _source_rows(self, r: RowSlice) -> np.ndarray:
-        """Rows [r.start, r.stop) of a source tensor, in its dtype."""
-        t = self.reader.checkpoint.tensors[r.name]
-        row = t.nbytes // _rows(t) if t.nbytes else 0
-        buf = np.empty((r.stop - r.start) * row, np.uint8)
-        self.reader.read_into(t, r.start * row, buf.data)
-        return buf.view(t.dtype.numpy).reshape((r.stop - r.start, *t.shape[1:]))
+        self.source.read(self.reader, name, start, out)
 
     def __call__(
         self, plan: ChunkLayout, buf: np.ndarray, *, crc: bool = False
@@ -431,7 +341,8 @@ def pack(
     ckpt = open_checkpoint(src)
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     fold_plan = plan_folds(fold_names, shapes, strict=fold != "all")
-    tensors, derived = folded_tensors(ckpt.tensors, fold_plan, dtypes[dtype])
+    folded = FoldedSource(ckpt, fold_plan, dtypes[dtype])
+    tensors = folded.tensors
     # A checkpoint written by ``unpack --folded`` already holds fused tensors: still recorded.
     held = set(fold_plan.folds) | set(detect(list(ckpt.tensors)))
     folds = tuple(f for f in FOLDS if f in held)
@@ -457,7 +368,7 @@ def pack(
     n_buffers = 2 if codec == "raw" else 1
     buffers = [np.empty(largest, np.uint8) for _ in range(n_buffers)]
     with CheckpointReader(ckpt) as reader, ContainerWriter(dst) as writer:
-        fill = _Filler(reader, tensors, derived)
+        fill = _Filler(reader, folded)
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as io,
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wstream-pack-zstd") as cpu,
