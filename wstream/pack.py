@@ -341,7 +341,7 @@ def pack(
     ckpt = open_checkpoint(src)
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     fold_plan = plan_folds(fold_names, shapes, strict=fold != "all")
-    folded = FoldedSource(ckpt, fold_plan, dtypes[dtype])
+    folded = FoldedSource(ckpt, fold_plan)
     tensors = folded.tensors
     # A checkpoint written by ``unpack --folded`` already holds fused tensors: still recorded.
     held = set(fold_plan.folds) | set(detect(list(ckpt.tensors)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from wstream.format.quant import QuantBlock, apply_scales
 from wstream.model.fast import rowwise
-from wstream.model.folds import GATE_UP_WEIGHT, QKV_BIAS, QKV_WEIGHT
+from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
 from wstream.model.ops import normalize, rms_normalize, silu_factor
 from wstream.model.weights import Block, GroupCursor
 
@@ -99,16 +99,7 @@ _QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:
-    """silu(x @ G.T) * (x @ U.T): gate and up are split into the same row blocks. [T, inter]
-
-    With the fused [G; U] matrix (``pack --fold gate_up``) one product gives both halves."""
-    if cur.has(GATE_UP_WEIGHT):
-        y = linear(x, cur, GATE_UP_WEIGHT)  # [T, 2*inter]
-        inter = y.shape[1] // 2
-        gated = y[:, :inter]  # [T, inter]
-        gated *= silu_factor(gated)
-        gated *= y[:, inter:]
-        return np.ascontiguousarray(gated)
+    """silu(x @ G.T) * (x @ U.T): gate and up are split into the same row blocks. [T, inter]"""
     act: np.ndarray | None = None
     for r0, r1, (g, u) in cur.quant_blocks(gate, up):
         if act is None:

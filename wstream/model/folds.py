@@ -1,42 +1,30 @@
-"""Folds: tensors ``pack --fold`` computes from a checkpoint's own, so the forward does less work.
+"""Folds: tensors ``pack --fold`` derives from a checkpoint's own, so the forward does less work.
 
 A fold replaces some of a checkpoint's tensors by tensors derived from them (SPEC.md section 14
 records which folds a container holds). The forward detects the derived tensors by name and uses
-them, else the originals: one branch per fold, in :mod:`wstream.model.blockwise` and the
-resampler. Each derived tensor is computed in float64 from the source values and rounded once to
-its stored dtype (a stack of rows involves no arithmetic at all).
+them, else the originals: one branch per fold (``blockwise.qkv_proj``).
 
-Kept, because they measured faster end to end on this machine (bench/results/FOLD.md):
+Kept: ``qkv``, every attention layer's q, k and v projections (vision tower and decoder, the
+decoder's GQA k/v included) stacked into one ``self_attn.qkv_proj`` matrix and bias, so three
+products are one (0.49-0.89x the matmul time, bench/results/QUANT.md section 4).
 
-- ``qkv``: every attention layer's q, k and v projections (vision tower and decoder, the
-  decoder's GQA k/v included) stacked into one ``self_attn.qkv_proj`` matrix and bias, so the
-  three products are one.
-
-Dropped after measuring (bench/results/FOLD.md): gate/up stacking, norm-affine folding and the
-resampler's constant query path; they are not offered.
+Measured and dropped (bench/results/FOLD.md; the code is at commit 0c844bc): ``gate_up``
+(gate and up stacked: no gain in the kernels, none resolved end to end), ``resampler_query``
+(LN_q(query) and its in-projection precomputed: no gain resolved at the resampler stage) and the
+norm-affine fold (its bound, skipping every affine step, was not resolved end to end either,
+and folding gamma into bf16 weights would round every weight a second time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from wstream.errors import InputError
-from wstream.model.config import RESAMPLER_EPS
 
 QKV = "qkv"
-GATE_UP = "gate_up"
-RESAMPLER_QUERY = "resampler_query"
 # every kept fold, in the order ``all`` applies them
-FOLDS: tuple[str, ...] = (QKV, GATE_UP, RESAMPLER_QUERY)
-GATE_UP_WEIGHT = "mlp.gate_up_proj.weight"  # rows [gate; up]
-# The resampler's constant query path, local to "resampler.": Q = LN_q(query) @ Wq.T + bq
-# [queries, D], and the k/v rows [D, 3D) of the packed in-projection that remain.
-QUERY_PROJ = "query_proj"
-IN_PROJ_KV_WEIGHT = "attn.in_proj_kv_weight"
-IN_PROJ_KV_BIAS = "attn.in_proj_kv_bias"
+FOLDS: tuple[str, ...] = (QKV,)
 
 # The fused q/k/v tensors, local to a layer's prefix: rows [q; k; v].
 QKV_WEIGHT = "self_attn.qkv_proj.weight"
@@ -56,17 +44,13 @@ class RowSlice:
 
 @dataclass(frozen=True, slots=True)
 class Derived:
-    """A tensor a fold stores in place of source tensors.
-
-    Either ``stack`` (rows of source tensors, stacked along the first axis: the bytes are copied,
-    nothing is rounded) or ``compute`` (the whole tensor in float64 from the float64 values of
-    ``inputs``, rounded once when stored)."""
+    """A tensor a fold stores in place of source tensors: rows of source tensors stacked along
+    the first axis (the bytes are copied, so nothing is rounded; a fold that computes values
+    would compute them in float64 and round once, SPEC.md section 14.2)."""
 
     name: str
     shape: tuple[int, ...]
-    stack: tuple[RowSlice, ...] = ()
-    inputs: tuple[RowSlice, ...] = ()
-    compute: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
+    stack: tuple[RowSlice, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,56 +112,7 @@ def _qkv(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple[str
     return out
 
 
-def _gate_up(shapes: Mapping[str, tuple[int, ...]]) -> list[tuple[Derived, tuple[str, ...]]]:
-    out: list[tuple[Derived, tuple[str, ...]]] = []
-    for name in shapes:
-        if not (name.startswith("llm.model.layers.") and name.endswith(".mlp.gate_proj.weight")):
-            continue
-        layer = name[: -len("mlp.gate_proj.weight")]
-        parts = (name, layer + "mlp.up_proj.weight")
-        if parts[1] not in shapes or shapes[parts[0]] != shapes[parts[1]]:
-            continue
-        rows, cols = shapes[name]
-        stack = tuple(RowSlice(p, 0, rows) for p in parts)
-        out.append((Derived(layer + GATE_UP_WEIGHT, (2 * rows, cols), stack), parts))
-    return out
-
-
-def query_proj(inputs: Sequence[np.ndarray]) -> np.ndarray:
-    """LN_q(query) @ Wq.T + bq in float64, Wq and bq the first D rows of the in-projection.
-    (query [Q, D], ln_q weight [D], ln_q bias [D], Wq [D, D], bq [D]) -> [Q, D]"""
-    query, gamma, beta, w, b = (np.asarray(a, np.float64) for a in inputs)
-    c = query - query.mean(axis=-1, keepdims=True)  # [Q, D]
-    q = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + RESAMPLER_EPS) * gamma + beta
-    out: np.ndarray = q @ w.T + b  # [Q, D]
-    return out
-
-
-def _resampler_query(
-    shapes: Mapping[str, tuple[int, ...]],
-) -> list[tuple[Derived, tuple[str, ...]]]:
-    p = "resampler."
-    inputs = tuple(p + n for n in ("query", "ln_q.weight", "ln_q.bias"))
-    inputs += (p + "attn.in_proj_weight", p + "attn.in_proj_bias")
-    if not all(n in shapes for n in inputs) or len(shapes[inputs[0]]) != 2:
-        return []
-    queries, dim = shapes[inputs[0]]
-    if shapes[inputs[3]] != (3 * dim, dim) or shapes[inputs[4]] != (3 * dim,):
-        return []
-    w, b = inputs[3], inputs[4]
-    rows = [RowSlice(n, 0, shapes[n][0]) for n in inputs[:3]] + [
-        RowSlice(w, 0, dim),
-        RowSlice(b, 0, dim),
-    ]
-    q = Derived(p + QUERY_PROJ, (queries, dim), inputs=tuple(rows), compute=query_proj)
-    return [
-        (q, inputs[:3]),
-        (Derived(p + IN_PROJ_KV_WEIGHT, (2 * dim, dim), (RowSlice(w, dim, 3 * dim),)), (w,)),
-        (Derived(p + IN_PROJ_KV_BIAS, (2 * dim,), (RowSlice(b, dim, 3 * dim),)), (b,)),
-    ]
-
-
-_PLANNERS = {QKV: _qkv, GATE_UP: _gate_up, RESAMPLER_QUERY: _resampler_query}
+_PLANNERS = {QKV: _qkv}
 
 
 def plan_folds(
@@ -205,11 +140,7 @@ def plan_folds(
 
 def detect(names: Sequence[str] | frozenset[str]) -> tuple[str, ...]:
     """The folds whose derived tensors ``names`` (a container's tensors) hold."""
-    ends = {QKV: "." + QKV_WEIGHT, GATE_UP: "." + GATE_UP_WEIGHT}
-    found = {f for f in ends if any(n.endswith(ends[f]) for n in names)}
-    if "resampler." + QUERY_PROJ in names:
-        found.add(RESAMPLER_QUERY)
-    return tuple(f for f in FOLDS if f in found)
+    return (QKV,) if any(n.endswith("." + QKV_WEIGHT) for n in names) else ()
 
 
 def folded_shapes(

@@ -16,20 +16,18 @@ import numpy as np
 
 from wstream.model.blockwise import layer_norm, linear, matmul_in_rows, read_rows
 from wstream.model.config import ResamplerConfig
-from wstream.model.folds import IN_PROJ_KV_BIAS, IN_PROJ_KV_WEIGHT, QUERY_PROJ
 from wstream.model.ops import attention, merge_heads, sincos_2d, spans_of, split_heads
 from wstream.model.weights import GroupCursor
 
 
 def in_proj(
-    inputs: Sequence[np.ndarray], cur: GroupCursor, weight: str, bias: str, dim: int
-) -> list[np.ndarray]:
-    """A packed projection: rows [s*D:(s+1)*D] of ``weight`` project inputs[s] (in_proj_weight:
-    Q, K, V from three inputs; the k/v rows left by ``pack --fold resampler_query``: K, V from
-    two). A row block may straddle a boundary, so each block is cut at the segment edges.
-    -> one [T_s, D] per input"""
-    outs = [np.empty((x.shape[0], dim), dtype=np.float32) for x in inputs]
-    for r0, r1, (w, b) in cur.blocks(weight, bias):
+    inputs: tuple[np.ndarray, np.ndarray, np.ndarray], cur: GroupCursor, dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed projection: rows [0:D] of in_proj_weight make Q from inputs[0], [D:2D] K from
+    inputs[1], [2D:3D] V from inputs[2]. A row block may straddle a boundary, so each block is
+    cut at the segment edges. -> (Q [Tq, D], K [Tk, D], V [Tk, D])"""
+    outs = tuple(np.empty((x.shape[0], dim), dtype=np.float32) for x in inputs)
+    for r0, r1, (w, b) in cur.blocks("attn.in_proj_weight", "attn.in_proj_bias"):
         for seg, (x, out) in enumerate(zip(inputs, outs, strict=True)):
             lo, hi = max(r0, seg * dim), min(r1, (seg + 1) * dim)  # rows of this segment
             if lo >= hi:
@@ -37,7 +35,7 @@ def in_proj(
             rows = slice(lo - r0, hi - r0)  # inside the block
             cols = slice(lo - seg * dim, hi - seg * dim)  # inside the segment's output
             out[:, cols] = x @ w[rows].T + b[rows]  # [T, D] @ [D, n] -> [T, n]
-    return outs
+    return outs[0], outs[1], outs[2]
 
 
 def resample(
@@ -56,15 +54,10 @@ def resample(
     x = np.concatenate(feats) if len(feats) > 1 else feats[0]  # [L, kv_dim]
     kv = linear(x, cur, "kv_proj.weight")  # [L, kv_dim] -> [L, D]
     kv = layer_norm(kv, cur, "ln_kv.", cfg.eps)  # [L, D]
+    query = read_rows(cur, "query")  # copied: ln_q's weights arrive after it  [Q, D]
+    q = layer_norm(query, cur, "ln_q.", cfg.eps)  # [Q, D]
     pos = np.concatenate([sincos_2d(h, w, cfg.dim) for h, w in grids])  # [L, D]
-    if cur.has(QUERY_PROJ):  # pack --fold resampler_query: LN_q(query) Wq.T + bq, precomputed
-        qp = read_rows(cur, QUERY_PROJ)  # copied: it must outlive its chunk  [Q, D]
-        kp, vp = in_proj((kv + pos, kv), cur, IN_PROJ_KV_WEIGHT, IN_PROJ_KV_BIAS, cfg.dim)
-    else:
-        query = read_rows(cur, "query")  # copied: ln_q's weights arrive after it  [Q, D]
-        q = layer_norm(query, cur, "ln_q.", cfg.eps)  # [Q, D]
-        w, b = "attn.in_proj_weight", "attn.in_proj_bias"
-        qp, kp, vp = in_proj((q, kv + pos, kv), cur, w, b, cfg.dim)  # [Q, D], [L, D], [L, D]
+    qp, kp, vp = in_proj((q, kv + pos, kv), cur, cfg.dim)  # [Q, D], [L, D], [L, D]
     qh = split_heads(qp, cfg.heads)  # [heads, Q, 128]
     kh, vh = split_heads(kp, cfg.heads), split_heads(vp, cfg.heads)  # [heads, L, 128]
     o = np.concatenate(

@@ -26,14 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wstream.format.manifest import stage_of
-from wstream.model.folds import (
-    GATE_UP_WEIGHT,
-    IN_PROJ_KV_BIAS,
-    IN_PROJ_KV_WEIGHT,
-    QKV_BIAS,
-    QKV_WEIGHT,
-    QUERY_PROJ,
-)
+from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
 
 Item = tuple[str, ...]
 
@@ -102,9 +95,6 @@ FUSED_ITEMS: dict[Item, tuple[Item, ...]] = {
         ("self_attn.k_proj.weight", "self_attn.k_proj.bias"),
         ("self_attn.v_proj.weight", "self_attn.v_proj.bias"),
     ),
-    (GATE_UP_WEIGHT,): (("mlp.gate_proj.weight", "mlp.up_proj.weight"),),
-    (QUERY_PROJ,): (("query",), ("ln_q.weight", "ln_q.bias")),
-    (IN_PROJ_KV_WEIGHT, IN_PROJ_KV_BIAS): (("attn.in_proj_weight", "attn.in_proj_bias"),),
 }
 
 
