@@ -26,6 +26,7 @@ BOTTOM = {"wstream.errors", "wstream._version"}  # the error family and the vers
 TOP_LEVEL = {
     "wstream",
     "wstream.pack",
+    "wstream.pack_folds",
     "wstream.unpack",
     "wstream.run",
     "wstream.ask",

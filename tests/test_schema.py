@@ -242,7 +242,7 @@ def test_spec_md_tables_match_spec_py() -> None:
         "MAX_PIECES_PER_CHUNK", "MAX_NAME_BYTES", "MAX_NDIM", "MAX_CHUNK_RAW_NBYTES",
         "MAX_TENSOR_NBYTES", "MAX_METADATA_ENTRIES", "MAX_PIPELINE_STEPS", "MAX_FRAMES_PER_CHUNK",
         "MAX_QUANT_GROUP", "MIN_ZSTD_LEVEL", "MAX_ZSTD_LEVEL", "MIN_MAX_CHUNK", "DEFAULT_MAX_CHUNK",
-        "MAX_FILES", "MAX_FILE_NBYTES",
+        "MAX_FILES", "MAX_FILE_NBYTES", "MAX_FOLDS",
     }  # fmt: skip
     assert set(const_rows) == expected
     assert const_rows == {name: getattr(spec, name) for name in expected}

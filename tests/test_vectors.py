@@ -15,7 +15,7 @@ import safetensors
 
 from wstream import errors as E
 from wstream.container.reader import Container
-from wstream.errors import LossyUnpack
+from wstream.errors import FoldedUnpack, LossyUnpack
 from wstream.format.spec import DType
 from wstream.unpack import unpack
 
@@ -100,14 +100,18 @@ def test_valid_vector(name: str, tmp_path: Path) -> None:
             for f in c.files
         ]  # fmt: skip
         assert files == exp.get("files", [])
+        assert list(m.folds) == exp.get("folds", [])
 
     out = tmp_path / "out.safetensors"
     if exp["lossy"]:
         with pytest.raises(LossyUnpack):
             unpack(wst, out)
         return
+    if "folds" in exp:  # the tensors the folds replaced are gone (SPEC.md section 14.3)
+        with pytest.raises(FoldedUnpack, match="folded"):
+            unpack(wst, out)
     # Unpacked, the safetensors package reads the same bytes back.
-    unpack(wst, out)
+    unpack(wst, out, allow_folded=True)
     for f in exp.get("files", []):  # written back beside the safetensors file
         assert (tmp_path / f["name"]).read_bytes().hex() == f["data_hex"]
     back = {

@@ -171,6 +171,7 @@ def layout(
     metadata: dict[str, str] | None = None,
     lossy: bool = False,
     files: list[File] | None = None,
+    folds: list[str] | None = None,
 ) -> Layout:
     payloads: list[tuple[int, bytes]] = []
     entries = []
@@ -235,6 +236,8 @@ def layout(
                 }
             )
             end = offset + len(stored)
+    if folds is not None:  # SPEC.md section 14
+        doc["folds"] = folds
     return Layout(payloads, doc)
 
 
@@ -633,6 +636,29 @@ def valid_vectors() -> list[Valid]:
         "No chunk at all, one embedded file: its payload starts the chunk data area at 4096.",
         [],
         files=[File("generation_config.json", GENERATION_CONFIG)],
+    )
+    # One layer packed with --fold qkv (SPEC.md section 14): the fused [q; k; v] weight [8, 4]
+    # (q 4 rows, GQA k and v 2 rows each) and bias [8] in place of the three projections.
+    add(
+        "folds_qkv",
+        "A folded file (section 14): `folds` lists `qkv`; the layer holds the fused "
+        "self_attn.qkv_proj weight [8, 4] (q 4 rows, k and v 2 each) and bias [8], in place of "
+        "the q, k and v projections.",
+        [
+            Chunk(
+                "llm.layer.0",
+                "llm.layer.0",
+                [
+                    Piece("llm.model.layers.0.input_layernorm.weight", bits(DType.BF16, (4,), 31)),
+                    Piece(
+                        "llm.model.layers.0.self_attn.qkv_proj.weight",
+                        bits(DType.BF16, (8, 4), 32),
+                    ),
+                    Piece("llm.model.layers.0.self_attn.qkv_proj.bias", bits(DType.BF16, (8,), 33)),
+                ],
+            )
+        ],
+        folds=["qkv"],
     )
     return out
 
@@ -1165,6 +1191,32 @@ def invalid_vectors() -> list[Invalid]:
         chunk="c1",
     )
     out.extend(file_vectors())
+    out.extend(fold_vectors())
+    return out
+
+
+def fold_vectors() -> list[Invalid]:
+    """Each breaks one rule of phase J (SPEC.md section 9)."""
+    out = []
+    for name, error, why, folds in [
+        ("folds_empty", "ManifestSchemaError", "`folds` is an empty list (rule J1).", []),
+        (
+            "folds_too_many",
+            "LimitExceeded",
+            "`folds` lists 17 names, one more than MAX_FOLDS (rule J1).",
+            ["qkv"] * 17,
+        ),
+        ("folds_not_string", "ManifestSchemaError", "`folds` holds the number 1 (rule J2).", [1]),
+        (
+            "folds_unknown",
+            "UnknownCodec",
+            "`folds` names 'unknown-fold', a fold this reader does not implement (rule J2).",
+            ["qkv", "unknown-fold"],
+        ),
+        ("folds_duplicate", "DuplicateName", "`folds` lists 'qkv' twice (rule J3).", ["qkv"] * 2),
+    ]:
+        lay = layout([Chunk("c0", "g0", [Piece("a", bits(DType.F32, (3,), 21))])], folds=folds)
+        out.append(Invalid(name, error, why, build(lay)))
     return out
 
 
@@ -1358,6 +1410,7 @@ def expectation(v: Valid) -> dict[str, Any]:
         ],
         "tensors": tensors,
         **({"files": file_expectation(v)} if v.files else {}),
+        **({"folds": v.lay.doc["folds"]} if "folds" in v.lay.doc else {}),
     }
 
 
@@ -1391,7 +1444,8 @@ def readme(valid: list[Valid], invalid: list[Invalid]) -> str:
         "  C order, row blocks reassembled. Also `config`, `metadata`, `lossy`, `groups` (file",
         "  order) and `chunks` (name, group, codec). Compare bytes, not values (NaN, -0). With",
         "  embedded files (SPEC.md section 13), `files`: each one's `name`, `nbytes`,",
-        "  `raw_nbytes`, `codec` and `data_hex`, in manifest order.",
+        "  `raw_nbytes`, `codec` and `data_hex`, in manifest order. With folds (section 14),",
+        "  `folds`: the names the manifest lists.",
         "- `invalid/NAME.json`: `error`, the `wstream.errors.FormatError` subclass a reader must",
         "  raise; `stage`, `open` (rejected while reading the preamble and manifest) or `read`",
         "  (the metadata is valid; reading or verifying chunk `chunk`, or embedded file `file`,",
@@ -1443,6 +1497,8 @@ def check(root: Path) -> list[str]:
                 ]  # fmt: skip
                 if files != exp.get("files", []):
                     problems.append(f"valid/{exp_path.stem}: embedded files differ")
+                if list(c.manifest.folds) != exp.get("folds", []):
+                    problems.append(f"valid/{exp_path.stem}: folds differ")
         except errors.WStreamError as exc:
             problems.append(f"valid/{exp_path.stem}: {type(exc).__name__}: {exc}")
     for exp_path in sorted((root / "invalid").glob("*.json")):

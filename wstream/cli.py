@@ -176,6 +176,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             threads=args.threads,
             progress=update,
             files=args.files,
+            fold=args.fold,
         )
     finally:
         close()
@@ -189,6 +190,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         "seconds": round(report.seconds, 3),
         "lossy": report.lossy,
         "files": [_file_row(f) for f in report.manifest.files],
+        "folds": list(report.manifest.folds),
     }
     if args.json:
         print(json.dumps(summary))
@@ -205,6 +207,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         print(
             f"embedded {len(report.manifest.files)} model files" + (f": {names}" if names else "")
         )
+        if report.manifest.folds:
+            print(f"folded {', '.join(report.manifest.folds)}")
     return 0
 
 
@@ -220,11 +224,17 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         args.src,
         args.output,
         allow_lossy=args.dequantize,
+        allow_folded=args.folded,
         files=args.files,
         force=args.force,
         cache=_cache(args),
     )
     say(f"unpacked {report.tensors} tensors -> {args.output}")
+    if report.folds:
+        say(
+            f"folded    {', '.join(report.folds)}: wrote the fused tensors the container holds, "
+            "not the source checkpoint's"
+        )
     for a in report.files:
         verb = {"write": "wrote", "replace": "replaced", "same": "unchanged"}[a.action]
         say(f"{verb:<9} {a.path} ({a.entry.raw_nbytes} bytes)")
@@ -256,6 +266,7 @@ def info_dict(path: str) -> dict[str, Any]:
         "metadata": dict(m.metadata),
         "chunks": [ch.to_json() for ch in m.chunks],
         "files": [_file_row(f) for f in m.files],
+        "folds": list(m.folds),
     }
 
 
@@ -292,6 +303,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"largest {human(d['largest_chunk_raw_nbytes'])} decoded"
     )
     say(f"groups    {len(d['groups'])} in stages {', '.join(stages)}")
+    say(f"folds     {', '.join(d['folds']) if d['folds'] else '(none)'}")
     if d["config"]:
         keys = ("model_type", "architectures", "hidden_size", "num_hidden_layers", "query_num")
         shown = {k: d["config"][k] for k in keys if k in d["config"]}
@@ -490,6 +502,14 @@ def build_parser() -> argparse.ArgumentParser:
         "tokenizer_config.json, preprocessor_config.json, generation_config.json, "
         "special_tokens_map.json, added_tokens.json)",
     )
+    sp.add_argument(
+        "--fold",
+        default=None,
+        metavar="LIST",
+        help="fold tensors at pack time: a comma-separated list of folds, or 'all' "
+        f"(folds: {', '.join(spec.FOLD_NAMES)}; qkv stacks each attention layer's q/k/v "
+        "projections into one matrix: one product instead of three)",
+    )
     sp.add_argument("--json", action="store_true", help="print the summary as JSON")
     sp.set_defaults(func=cmd_pack)
 
@@ -501,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dequantize",
         action="store_true",
         help="allow unpacking a lossy container (its values differ from the source)",
+    )
+    sp.add_argument(
+        "--folded",
+        action="store_true",
+        help="allow unpacking a folded container (pack --fold): writes the fused tensors it "
+        "holds, which are not the source checkpoint's tensors",
     )
     sp.add_argument(
         "--files",

@@ -158,6 +158,11 @@ class LossyUnpack(InputError):
     """Unpacking a lossy container was asked for without allowing it."""
 
 
+class FoldedUnpack(InputError):
+    """Unpacking a folded container (``pack --fold``) was asked for without allowing it: the
+    tensors its folds replaced are not in it."""
+
+
 class MissingModelFile(InputError):
     """A container lacks a file of the source checkpoint that a command needs (tokenizer.json,
     ...): the checkpoint must be packed again with that file beside its weights."""

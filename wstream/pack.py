@@ -37,7 +37,9 @@ from wstream.format.quant import (
     quantize_int8,
 )
 from wstream.format.spec import CodecId, DType, QuantScheme, align_up
+from wstream.model.folds import FOLDS, detect, parse_folds, plan_folds
 from wstream.model.schedule import ScheduledGroup, execution_order
+from wstream.pack_folds import FoldedSource
 
 ProgressFn = Callable[[int], None]  # called with the number of source bytes just packed
 _SLAB_NBYTES = (
@@ -216,10 +218,15 @@ def _end(e: TensorEntry) -> int:
 class _Filler:
     """Reads a chunk's pieces from the source into a buffer, converting where asked."""
 
-    def __init__(self, reader: CheckpointReader) -> None:
+    def __init__(self, reader: CheckpointReader, source: FoldedSource | None = None) -> None:
         self.reader = reader
+        self.source = FoldedSource(reader.checkpoint) if source is None else source
+        self.tensors = self.source.tensors
         self.lossy = False
         self.scratch = np.empty(0, np.uint8)
+
+    def _read(self, name: str, start: int, out: memoryview) -> None:
+        self.source.read(self.reader, name, start, out)
 
     def __call__(
         self, plan: ChunkLayout, buf: np.ndarray, *, crc: bool = False
@@ -236,13 +243,11 @@ class _Filler:
             raw[end:start] = 0
             end = start + n
         for p in plan.pieces:
-            src = self.reader.checkpoint.tensors[p.entry.name]
+            src = self.tensors[p.entry.name]
             if p.entry.quant is None and p.entry.dtype is src.dtype:
                 row = src.nbytes // _rows(src) if src.nbytes else 0
                 a, b = p.src_rows
-                self.reader.read_into(
-                    src, a * row, raw.data[p.entry.offset : p.entry.offset + (b - a) * row]
-                )
+                self._read(src.name, a, raw.data[p.entry.offset : p.entry.offset + (b - a) * row])
             else:
                 self._convert(src, p, raw)
         return raw.data, crc32(raw.data) if crc else None
@@ -259,7 +264,7 @@ class _Filler:
             if self.scratch.size < n * row_src:
                 self.scratch = np.empty(n * row_src, np.uint8)
             chunk = self.scratch[: n * row_src]
-            self.reader.read_into(src, r * row_src, chunk.data)
+            self._read(src.name, r, chunk.data)
             values = chunk.view(src.dtype.numpy).reshape((n, *src.shape[1:]) if src.shape else ())
             at = e.offset + (r - a) * cols * out_itemsize
             if e.quant is not None:
@@ -299,6 +304,7 @@ def pack(
     threads: int = 1,
     progress: ProgressFn | None = None,
     files: bool = True,
+    fold: str | None = None,
 ) -> PackReport:
     """Convert a checkpoint (file or sharded directory) into ``dst``: a path, or
     ``s3://bucket/key`` (a multipart upload while packing; the object appears only when the
@@ -308,7 +314,10 @@ def pack(
     groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
     "keep", "bfloat16", "float16" or "float32" converts floating-point tensors. ``files``
     embeds the checkpoint's tokenizer, chat template, preprocessor and generation settings found
-    beside the weights (see :mod:`wstream.container.model_files`), after the chunks.
+    beside the weights (see :mod:`wstream.container.model_files`), after the chunks. ``fold``
+    (a comma-separated list of :data:`wstream.model.folds.FOLDS`, or ``all``: those that fit the
+    checkpoint) stores derived tensors in place of the ones they replace, before any conversion
+    or quantization, and records the folds in the manifest.
 
     >>> pack("MiniCPM-V-2_6/", "minicpmv26.wst", codec="zstd", shuffle=True)  # doctest: +SKIP
     """
@@ -328,13 +337,21 @@ def pack(
         raise InputError(f"dtype: {dtype!r} is not one of {', '.join(dtypes)}")
     if threads < 1:
         raise InputError(f"threads: {threads} must be at least 1")
+    fold_names = parse_folds(fold) if fold is not None else ()
     ckpt = open_checkpoint(src)
+    shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    fold_plan = plan_folds(fold_names, shapes, strict=fold != "all")
+    folded = FoldedSource(ckpt, fold_plan)
+    tensors = folded.tensors
+    # A checkpoint written by ``unpack --folded`` already holds fused tensors: still recorded.
+    held = set(fold_plan.folds) | set(detect(list(ckpt.tensors)))
+    folds = tuple(f for f in FOLDS if f in held)
     # Read and checked before any tensor is packed: a bad tokenizer.json fails in a second, not
     # after the whole checkpoint has been converted.
     model_paths = find_model_files(src) if files else ()
     model_files = read_model_files(model_paths)
-    storage = storage_plan(ckpt.tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
-    plans = layout_chunks(execution_order(ckpt.tensors), ckpt.tensors, max_chunk, storage)
+    storage = storage_plan(tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
+    plans = layout_chunks(execution_order(tensors), tensors, max_chunk, storage)
     if len(plans) > spec.MAX_CHUNKS:  # refused now, not after writing them all
         raise InputError(
             f"max_chunk: {max_chunk} bytes gives {len(plans)} chunks, more than the format's "
@@ -351,7 +368,7 @@ def pack(
     n_buffers = 2 if codec == "raw" else 1
     buffers = [np.empty(largest, np.uint8) for _ in range(n_buffers)]
     with CheckpointReader(ckpt) as reader, ContainerWriter(dst) as writer:
-        fill = _Filler(reader)
+        fill = _Filler(reader, folded)
         with (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="wstream-pack-read") as io,
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wstream-pack-zstd") as cpu,
@@ -385,11 +402,13 @@ def pack(
                 if i + 1 < len(plans) and n_buffers == 1:
                     pending = io.submit(fill, plans[i + 1], buffers[0], crc=codec == "raw")
                 if progress is not None:
-                    progress(sum(_src_nbytes(reader, p) for p in plan.pieces))
+                    progress(sum(_src_nbytes(tensors, p) for p in plan.pieces))
         for model_file in model_files:
             writer.add_file(model_file.name, model_file.data, zstd=codec == "zstd")
         check_unchanged(ckpt.stamps)  # a shard rewritten while read: publish nothing
-        manifest = writer.close(config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy)
+        manifest = writer.close(
+            config=ckpt.config, metadata=ckpt.metadata, lossy=fill.lossy, folds=folds
+        )
     return PackReport(
         tensors=len(manifest.tensors),
         chunks=len(manifest.chunks),
@@ -401,6 +420,6 @@ def pack(
     )
 
 
-def _src_nbytes(reader: CheckpointReader, p: PieceLayout) -> int:
-    t = reader.checkpoint.tensors[p.entry.name]
+def _src_nbytes(tensors: Mapping[str, SourceTensor], p: PieceLayout) -> int:
+    t = tensors[p.entry.name]
     return t.nbytes * (p.src_rows[1] - p.src_rows[0]) // _rows(t) if t.nbytes else 0

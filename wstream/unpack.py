@@ -22,7 +22,7 @@ from wstream.container.atomic import AtomicFile
 from wstream.container.cache import ChunkCache
 from wstream.container.paths import check_output
 from wstream.container.reader import Container
-from wstream.errors import InputError, LossyUnpack, OutputExists
+from wstream.errors import FoldedUnpack, InputError, LossyUnpack, OutputExists
 from wstream.format import chunk as wchunk
 from wstream.format.manifest import FileEntry
 
@@ -64,6 +64,7 @@ class FileAction(NamedTuple):
 class UnpackReport(NamedTuple):
     tensors: int
     files: tuple[FileAction, ...]
+    folds: tuple[str, ...] = ()  # the container's folds: its fused tensors were written as held
 
 
 def plan_files(c: Container, dst: Path, *, force: bool = False) -> tuple[FileAction, ...]:
@@ -117,6 +118,7 @@ def unpack(
     dst: str | os.PathLike[str],
     *,
     allow_lossy: bool = False,
+    allow_folded: bool = False,
     files: bool = True,
     force: bool = False,
     cache: ChunkCache | None = None,
@@ -128,7 +130,13 @@ def unpack(
     >>> unpack("s3://bucket/model.wst", "model.safetensors")            # doctest: +SKIP
     """
     return unpack_report(
-        src, dst, allow_lossy=allow_lossy, files=files, force=force, cache=cache
+        src,
+        dst,
+        allow_lossy=allow_lossy,
+        allow_folded=allow_folded,
+        files=files,
+        force=force,
+        cache=cache,
     ).tensors
 
 
@@ -137,11 +145,17 @@ def unpack_report(
     dst: str | os.PathLike[str],
     *,
     allow_lossy: bool = False,
+    allow_folded: bool = False,
     files: bool = True,
     force: bool = False,
     cache: ChunkCache | None = None,
 ) -> UnpackReport:
-    """:func:`unpack`, telling what was done with each embedded file."""
+    """:func:`unpack`, telling what was done with each embedded file.
+
+    A folded container (``pack --fold``) no longer holds the tensors its folds replaced: it is
+    refused (:class:`~wstream.errors.FoldedUnpack`) unless ``allow_folded``, which writes the
+    tensors it holds (the fused ones under their own names; ``pack`` reads such a checkpoint
+    back) and reports the folds."""
     with Container(src, cache=cache) as c:
         dst = check_output(dst, [c.name])
         if c.manifest.lossy and not allow_lossy:
@@ -149,10 +163,17 @@ def unpack_report(
                 f"{src}: this container is lossy (quantized or converted); its values differ "
                 "from the source checkpoint. Pass allow_lossy=True (--dequantize) to unpack anyway"
             )
+        folds = c.manifest.folds
+        if folds and not allow_folded:
+            raise FoldedUnpack(
+                f"{src}: this container is folded ({', '.join(folds)}): it holds fused tensors "
+                "in place of the source checkpoint's, which are gone. Pass allow_folded=True "
+                "(--folded) to write the tensors it holds"
+            )
         actions = plan_files(c, Path(dst), force=force) if files else ()
         n = _write_safetensors(c, Path(dst))
         write_files(c, actions)
-        return UnpackReport(n, actions)
+        return UnpackReport(n, actions, folds)
 
 
 def _write_safetensors(c: Container, dst: Path) -> int:

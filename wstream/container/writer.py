@@ -173,8 +173,10 @@ class ContainerWriter(Scoped):
         config: Mapping[str, Any] | None = None,
         metadata: Mapping[str, str] | None = None,
         lossy: bool = False,
+        folds: tuple[str, ...] = (),
     ) -> Manifest:
-        """Write the manifest and preamble, verify them, fsync, and rename into place."""
+        """Write the manifest and preamble, verify them, fsync, and rename into place.
+        ``folds``: the folds the chunks' tensors went through (SPEC.md section 14)."""
         file = self._guard("close")
         try:
             manifest = build_manifest(
@@ -184,6 +186,7 @@ class ContainerWriter(Scoped):
                 lossy=lossy,
                 writer=f"wstream {__version__}",
                 files=tuple(self._files),
+                folds=folds,
             )
             body = manifest.to_json()
             if len(body) > spec.MAX_MANIFEST_NBYTES:

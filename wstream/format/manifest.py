@@ -209,6 +209,9 @@ class Manifest(NamedTuple):
     # Serialized (as the OPTIONAL member ``files``) only when there are some, so that a file
     # without embedded files stays readable by readers that predate the member.
     files: tuple[FileEntry, ...] = ()
+    # The folds ``pack --fold`` applied (SPEC.md section 14); serialized, as the OPTIONAL member
+    # ``folds``, only when there are some, for the same reason.
+    folds: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         doc: dict[str, Any] = {
@@ -220,6 +223,8 @@ class Manifest(NamedTuple):
         }
         if self.files:
             doc["files"] = [f.to_json() for f in self.files]
+        if self.folds:
+            doc["folds"] = list(self.folds)
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     def file(self, name: str) -> FileEntry | None:
@@ -683,6 +688,7 @@ def build_manifest(
     lossy: bool = False,
     writer: str = "",
     files: tuple[FileEntry, ...] = (),
+    folds: tuple[str, ...] = (),
 ) -> Manifest:
     """Assemble a Manifest from trusted values (the writer's side), with its indexes."""
     return Manifest(
@@ -694,6 +700,7 @@ def build_manifest(
         tensors=index_tensors(chunks),
         chunk_index={c.name: i for i, c in enumerate(chunks)},
         files=files,
+        folds=folds,
     )
 
 
@@ -770,6 +777,7 @@ def _parse_document(raw: Any, data_end: int) -> Manifest:
                     f"chunks[{i}]: holds quantized tensors but the manifest says lossy: false"
                 )
     files = _files(doc["files"], data_end, chunks) if "files" in doc else ()
+    folds = _folds(doc["folds"]) if "folds" in doc else ()
     return build_manifest(
         tuple(chunks),
         config=config,
@@ -777,12 +785,32 @@ def _parse_document(raw: Any, data_end: int) -> Manifest:
         lossy=doc["lossy"],
         writer=doc["writer"],
         files=files,
+        folds=folds,
     )
+
+
+def _folds(value: Any) -> tuple[str, ...]:
+    """SPEC.md section 14, rules J1-J3: distinct names of folds this reader implements."""
+    if not isinstance(value, list) or not value:
+        raise E.ManifestSchemaError("folds: expected a non-empty list of fold names")
+    if len(value) > spec.MAX_FOLDS:
+        raise E.LimitExceeded(f"folds: {len(value)} entries exceed {spec.MAX_FOLDS}")
+    for i, name in enumerate(value):
+        if not isinstance(name, str):
+            raise E.ManifestSchemaError(f"folds[{i}]: expected a string, got {name!r}")
+        if name not in spec.FOLD_NAMES:
+            raise E.UnknownCodec(
+                f"folds[{i}]: {name!r} is not a fold this reader knows "
+                f"({', '.join(spec.FOLD_NAMES)})"
+            )
+        if name in value[:i]:
+            raise E.DuplicateName(f"folds[{i}]: {name!r} is listed twice")
+    return tuple(value)
 
 
 # --- embedded files (SPEC.md section 13, rules H1-H11) -------------------------------------------
 
-_TOP_OPTIONAL = frozenset({"files"})
+_TOP_OPTIONAL = frozenset({"files", "folds"})
 _FILE_KEYS = frozenset({"name", "offset", "nbytes", "raw_nbytes", "crc32", "codec"})
 _FILE_NAME = re.compile(spec.FILE_NAME_PATTERN)
 

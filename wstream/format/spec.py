@@ -46,6 +46,9 @@ MIN_ZSTD_LEVEL = -131072  # zstd's fastest negative level
 # Embedded files (the checkpoint's tokenizer.json, chat template, ...: SPEC.md section 13).
 MAX_FILES = 32  # entries of the manifest's ``files``
 MAX_FILE_NBYTES = 64 * 1024 * 1024  # decoded bytes of one file (a Qwen2 tokenizer.json: 7-19 MB)
+# Folds (SPEC.md section 14): the names a manifest's ``folds`` may list, and how many.
+FOLD_NAMES: tuple[str, ...] = ("qkv",)
+MAX_FOLDS = 16
 FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"  # a plain name: no path, no dot file
 
 DEFAULT_MAX_CHUNK = 32 * 1024 * 1024  # pack's default bound on a chunk's decoded size

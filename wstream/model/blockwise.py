@@ -15,6 +15,7 @@ import numpy as np
 
 from wstream.format.quant import QuantBlock, apply_scales
 from wstream.model.fast import rowwise
+from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
 from wstream.model.ops import normalize, rms_normalize, silu_factor
 from wstream.model.weights import Block, GroupCursor
 
@@ -78,6 +79,23 @@ def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None
             rowwise(functools.partial(_add, b=b), out)  # [rows], on both cores
     assert y is not None  # blocks() yields at least one block or raises
     return y
+
+
+def qkv_proj(
+    x: np.ndarray, cur: GroupCursor, widths: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An attention layer's q, k and v projections (with biases) of ``x``: one product with the
+    fused [q; k; v] matrix when the container holds it (``pack --fold qkv``), else three.
+    [T, in] -> ([T, widths[0]], [T, widths[1]], [T, widths[2]])"""
+    if cur.has(QKV_WEIGHT):
+        y = linear(x, cur, QKV_WEIGHT, QKV_BIAS)  # [T, sum(widths)]
+        a, b = widths[0], widths[0] + widths[1]
+        return y[:, :a], y[:, a:b], y[:, b:]
+    q, k, v = (linear(x, cur, f"self_attn.{p}.weight", f"self_attn.{p}.bias") for p in _QKV)
+    return q, k, v
+
+
+_QKV = ("q_proj", "k_proj", "v_proj")
 
 
 def swiglu(x: np.ndarray, cur: GroupCursor, gate: str, up: str) -> np.ndarray:

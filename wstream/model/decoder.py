@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wstream.errors import WStreamError
-from wstream.model.blockwise import gather_rows, linear, rms_norm, swiglu
+from wstream.model.blockwise import gather_rows, linear, qkv_proj, rms_norm, swiglu
 from wstream.model.config import DecoderConfig
 from wstream.model.ops import apply_rope, attention, merge_heads, rope_tables, split_heads
 from wstream.model.weights import GroupCursor
@@ -59,9 +59,8 @@ def block(
     t0, t = cache.length, x.shape[0]
     cos, sin = rope  # [T, hd/2] each
     h = rms_norm(x, cur, "input_layernorm.weight", cfg.eps)  # [T, D]
-    q = linear(h, cur, "self_attn.q_proj.weight", "self_attn.q_proj.bias")  # [T, D]
-    k = linear(h, cur, "self_attn.k_proj.weight", "self_attn.k_proj.bias")  # [T, kv*hd]
-    v = linear(h, cur, "self_attn.v_proj.weight", "self_attn.v_proj.bias")  # [T, kv*hd]
+    kv = cfg.kv_heads * cfg.head_dim
+    q, k, v = qkv_proj(h, cur, (cfg.heads * cfg.head_dim, kv, kv))  # [T, D], [T, kv*hd], [T, kv*hd]
     q = apply_rope(split_heads(q, cfg.heads), cos, sin)  # [H, T, hd]
     keys, values = cache.k[layer], cache.v[layer]  # [kv, capacity, hd]
     keys[:, t0 : t0 + t] = apply_rope(split_heads(k, cfg.kv_heads), cos, sin)

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wstream.format.manifest import stage_of
+from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
 
 Item = tuple[str, ...]
 
@@ -86,6 +87,28 @@ LLM_LAYER: tuple[Item, ...] = (
     ("mlp.down_proj.weight",),
 )
 
+# A fused item (``pack --fold``, see wstream.model.folds) takes the place of the first item it
+# replaces, so a folded container keeps the execution order.
+FUSED_ITEMS: dict[Item, tuple[Item, ...]] = {
+    (QKV_WEIGHT, QKV_BIAS): (
+        ("self_attn.q_proj.weight", "self_attn.q_proj.bias"),
+        ("self_attn.k_proj.weight", "self_attn.k_proj.bias"),
+        ("self_attn.v_proj.weight", "self_attn.v_proj.bias"),
+    ),
+}
+
+
+def _folded(items: tuple[Item, ...], prefix: str, names: set[str]) -> tuple[Item, ...]:
+    """``items`` with every fused item present in ``names`` in place of the items it replaces."""
+    out = list(items)
+    for fused, replaced in FUSED_ITEMS.items():
+        if prefix + fused[0] in names and replaced[0] in out:
+            at = out.index(replaced[0])
+            out = [it for it in out if it not in replaced]
+            out.insert(at, fused)
+    return tuple(out)
+
+
 _VISION_LAYER_RE = re.compile(r"^vpm\.encoder\.layers\.(\d+)\.")
 _LLM_LAYER_RE = re.compile(r"^llm\.model\.layers\.(\d+)\.")
 
@@ -98,6 +121,7 @@ def _minicpmv_plans(names: set[str]) -> list[ScheduledGroup] | None:
         return None
 
     def group(name: str, prefix: str, items: tuple[Item, ...]) -> ScheduledGroup:
+        items = _folded(items, prefix, names)
         return ScheduledGroup(name, prefix, tuple(tuple(prefix + t for t in it) for it in items))
 
     plans: list[ScheduledGroup] = []

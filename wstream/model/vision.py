@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from wstream.model.blockwise import gather_rows, layer_norm, linear
+from wstream.model.blockwise import gather_rows, layer_norm, linear, qkv_proj
 from wstream.model.config import VisionConfig
 from wstream.model.ops import (
     attention,
@@ -73,10 +73,9 @@ def self_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, spans: Spans) ->
 def block(x: np.ndarray, cur: GroupCursor, cfg: VisionConfig, spans: Spans) -> np.ndarray:
     """One pre-LN encoder block: x + attn(LN1 x), then + fc2(gelu(fc1(LN2 x))). [L, d] -> [L, d]"""
     h = layer_norm(x, cur, "layer_norm1.", cfg.eps)  # [L, d]
-    q = split_heads(linear(h, cur, "self_attn.q_proj.weight", "self_attn.q_proj.bias"), cfg.heads)
-    k = split_heads(linear(h, cur, "self_attn.k_proj.weight", "self_attn.k_proj.bias"), cfg.heads)
-    v = split_heads(linear(h, cur, "self_attn.v_proj.weight", "self_attn.v_proj.bias"), cfg.heads)
-    a = merge_heads(self_attention(q, k, v, spans))  # [H, L, hd] -> [L, d]
+    q, k, v = qkv_proj(h, cur, (cfg.hidden,) * 3)  # [L, d] each
+    qh, kh, vh = (split_heads(t, cfg.heads) for t in (q, k, v))  # [H, L, hd] each
+    a = merge_heads(self_attention(qh, kh, vh, spans))  # [H, L, hd] -> [L, d]
     x = x + linear(a, cur, "self_attn.out_proj.weight", "self_attn.out_proj.bias")  # [L, d]
     h = layer_norm(x, cur, "layer_norm2.", cfg.eps)  # [L, d]
     h = gelu_tanh(linear(h, cur, "mlp.fc1.weight", "mlp.fc1.bias"))  # [L, inter]

@@ -26,6 +26,7 @@ import numpy as np
 from wstream.errors import InputError
 from wstream.model import decoder, resampler, vision
 from wstream.model.config import VLMConfig, from_hf, tensor_shapes
+from wstream.model.folds import folded_shapes
 from wstream.model.schedule import ScheduledGroup, execution_order
 from wstream.model.weights import walk
 from wstream.stream.pieces import WeightSource
@@ -118,7 +119,7 @@ def check_weights(source: WeightSource, cfg: VLMConfig) -> dict[str, ScheduledGr
     Returns the execution plan by group name.
     """
     plans = {p.name: p for p in execution_order(source.tensor_names)}
-    expected = tensor_shapes(cfg)
+    expected = folded_shapes(tensor_shapes(cfg), source.tensor_names)  # pack --fold
     actual = {
         pc.name: pc.shape for g in plans for c in source.chunks_of(g) for pc in source.pieces_of(c)
     }

@@ -58,7 +58,18 @@ class GroupCursor:
         self._arrays: Sequence[Stored] = ()
         self._pos = 0  # next unread piece in the held chunk
         self._scratch = np.empty(0, np.float32)  # widened pieces of the current block
+        self._names: frozenset[str] | None = None  # the group's tensor names, once asked
         self.block_rows = 0
+
+    def has(self, local: str) -> bool:
+        """Whether the group holds tensor ``local``: how the forward tells a folded container
+        (``pack --fold``) from an unfolded one."""
+        if self._names is None:
+            src = self._source
+            self._names = frozenset(
+                p.name for c in src.chunks_of(self.group) for p in src.pieces_of(c)
+            )
+        return self.prefix + local in self._names
 
     def _advance(self) -> bool:
         self.close()
