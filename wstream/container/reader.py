@@ -234,9 +234,12 @@ class Container(Scoped):
         scratch = np.empty(largest, np.uint8)
         for chunk in self.manifest.chunks:
             if chunk.is_raw:
-                self.check_crc(chunk)
+                decoded = self.stored(chunk)
+                self.check_crc(chunk, decoded)
             else:
-                self.decode_into(chunk, scratch.data[: chunk.raw_nbytes])
+                decoded = scratch.data[: chunk.raw_nbytes]
+                self.decode_into(chunk, decoded)
+            wchunk.check_pieces(chunk, decoded)  # G3: uint4 zero points in range
         for entry in self.manifest.files:
             self._read_file(entry, verify=True)
 
