@@ -24,6 +24,19 @@ Variants:
             ones: two masked casts, no interleave, then (q - z) * s in cache + matmul
   int4-gp   the split layout, unpacked the same way, with the zero points folded into per-group
             sums of x and the scales applied to per-group partial products
+
+uint4 as built (``wstream.format.uint4``, ``wstream.model.uint4_kernel``; ``--uint4`` runs only
+these and bf16, the attempts at going below int4-gp):
+  u4        the shipped kernel: the packed block unpacked in pieces of DECODE_ELEMENTS (decode) /
+            PREFILL_ELEMENTS (prefill) values, each nibble cast straight into float32 (ufunc
+            with a float32 out, no uint8 temporary), zero points via group sums of x in one
+            small matmul, scales on the partials
+  u4-4M     the same, unpacked in pieces of 4M values (what the cursor widens per block)
+  u4-256K   ... pieces of 256K values; u4-32K pieces of 32K values
+  u4-tmp    the same pieces, unpacked through uint8 temporaries (p & 15, then a cast copy)
+  u4-i8     unpacked into an int8 scratch, then INT8's path (cast to float32, partial products)
+  u4-byte   no mask: the whole byte b = lo + 16 hi is cast, and x_lo.lo + x_hi.hi is computed as
+            x_lo.b + (x_hi - 16 x_lo).hi, so only the shift remains
 """
 
 from __future__ import annotations
@@ -205,16 +218,108 @@ def run_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[], n
     }
 
 
-def measure(t: int, out: int, inp: int, repeats: int) -> None:
+def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
+    from wstream.format.quant import QuantPiece
+    from wstream.format.uint4 import unpack_uint4
+    from wstream.model import uint4_kernel as k
+
+    out, inp = m["f32"].shape
+    t = x.shape[0]
+    g = inp // GROUP
+    half = GROUP // 2
+    piece = QuantPiece(m["p4s"], m["s4"], GROUP, m["z4"].astype(np.uint8), inp)
+    xg = np.ascontiguousarray(x.reshape(t, g, GROUP).transpose(1, 0, 2))  # [g, T, 128]
+    xsum = x.reshape(t, g, GROUP).sum(axis=2)  # [T, g]
+    xlo = np.ascontiguousarray(xg[:, :, :half])  # [g, T, 64]
+    xhi16 = np.ascontiguousarray(xg[:, :, half:] - 16 * xg[:, :, :half])
+
+    def shipped(decode: int, prefill: int) -> Callable[[], np.ndarray]:
+        def go() -> np.ndarray:
+            saved = k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS
+            k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS = decode, prefill
+            try:
+                y = np.empty((t, out), np.float32)
+                for r0, r1 in blocks(out, inp // 2):  # the cursor's blocks of packed rows
+                    k.uint4_matmul_t(x, piece.row_slice(r0, r1), y[:, r0:r1])
+                return y
+            finally:
+                k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS = saved
+
+        return go
+
+    def pieces(step_elems: int, unpack: Callable[..., None]) -> Callable[[], np.ndarray]:
+        def go() -> np.ndarray:
+            y = np.empty((t, out), np.float32)
+            step = max(1, step_elems // inp)
+            scratch = np.empty(step * inp, np.float32)
+            for r0 in range(0, out, step):
+                r1 = min(r0 + step, out)
+                o = y[:, r0:r1]
+                unpack(r0, r1, scratch, o)
+                o -= xsum @ (m["s4"][r0:r1] * m["z4"][r0:r1]).T
+            return y
+
+        return go
+
+    def tmp_unpack(r0: int, r1: int, scratch: np.ndarray, o: np.ndarray) -> None:
+        n = r1 - r0
+        q = scratch[: n * inp].reshape(n, g, 2, half)
+        p = m["p4s"][r0:r1].reshape(n, g, half)
+        np.copyto(q[:, :, 0], p & 15, casting="unsafe")
+        np.copyto(q[:, :, 1], p >> 4, casting="unsafe")
+        part = np.matmul(xg, q.reshape(n, g, GROUP).transpose(1, 2, 0))
+        part *= m["s4"][r0:r1].T[:, None, :]
+        np.sum(part, axis=0, out=o)
+
+    def i8_unpack(r0: int, r1: int, scratch: np.ndarray, o: np.ndarray) -> None:
+        n = r1 - r0
+        i8 = np.empty((n, g, 2, half), np.int8)
+        p = m["p4s"][r0:r1].reshape(n, g, half)
+        np.bitwise_and(p, 15, out=i8[:, :, 0], casting="unsafe")
+        np.right_shift(p, 4, out=i8[:, :, 1], casting="unsafe")
+        q = scratch[: n * inp].reshape(n, inp)
+        np.copyto(q, i8.reshape(n, inp), casting="unsafe")
+        part = np.matmul(xg, q.reshape(n, g, GROUP).transpose(1, 2, 0))
+        part *= m["s4"][r0:r1].T[:, None, :]
+        np.sum(part, axis=0, out=o)
+
+    def byte_unpack(r0: int, r1: int, scratch: np.ndarray, o: np.ndarray) -> None:
+        n = r1 - r0
+        b = scratch[: n * inp // 2].reshape(n, g, half)
+        hi = scratch[n * inp // 2 : n * inp].reshape(n, g, half)
+        p = m["p4s"][r0:r1].reshape(n, g, half)
+        np.copyto(b, p, casting="unsafe")
+        np.right_shift(p, 4, out=hi, casting="unsafe")
+        part = np.matmul(xlo, b.transpose(1, 2, 0))  # [g, T, n]
+        part += np.matmul(xhi16, hi.transpose(1, 2, 0))
+        part *= m["s4"][r0:r1].T[:, None, :]
+        np.sum(part, axis=0, out=o)
+
+    del unpack_uint4
+    return {
+        "u4": shipped(k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS),
+        "u4-4M": shipped(SUB_ELEMENTS, SUB_ELEMENTS),
+        "u4-256K": shipped(1 << 18, 1 << 18),
+        "u4-32K": shipped(1 << 15, 1 << 15),
+        "u4-tmp": pieces(k.DECODE_ELEMENTS, tmp_unpack),
+        "u4-i8": pieces(k.DECODE_ELEMENTS, i8_unpack),
+        "u4-byte": pieces(k.DECODE_ELEMENTS, byte_unpack),
+    }
+
+
+def measure(t: int, out: int, inp: int, repeats: int, only_uint4: bool = False) -> None:
     m = make(out, inp)
     x = np.random.default_rng(1).standard_normal((t, inp), dtype=np.float32)
     fns = run_all(x, m)
+    if only_uint4:
+        fns = {k: f for k, f in fns.items() if k in ("bf16", "f32", "int8-gp", "int4-gp")}
+    fns.update(uint4_all(x, m))
     ref = fns["f32"]()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for k, f in fns.items():  # warm up, and check each variant computes the same product
         y = f()
         err = float(np.abs(y - ref).max() / np.abs(ref).max())
-        assert err < (0.25 if k.startswith("int4") else 0.02), (k, err)  # 4 bits: ~0.1
+        assert err < (0.25 if k.startswith(("int4", "u4")) else 0.02), (k, err)  # 4 bits: ~0.1
     for _ in range(repeats):
         for k, f in fns.items():
             t0 = time.perf_counter()
@@ -236,6 +341,7 @@ def measure(t: int, out: int, inp: int, repeats: int) -> None:
         "int4-split": 0.5 + 8 / GROUP,
         "int4-gp": 0.5 + 8 / GROUP,
     }
+    per_elem.update({k: 0.5 + 5 / GROUP for k in fns if k.startswith("u4")})
     for k, ts in times.items():
         med = statistics.median(ts)
         print(f"{k:12} {med * 1e3:10.1f} {med / base:7.2f} {per_elem[k]:10.3f}")
@@ -247,9 +353,10 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 448])
     ap.add_argument("--out", type=int, default=18944)
     ap.add_argument("--in", dest="inp", type=int, default=3584)
+    ap.add_argument("--uint4", action="store_true", help="only the uint4 variants (and baselines)")
     args = ap.parse_args()
     for t in args.tokens:
-        measure(t, args.out, args.inp, args.repeats)
+        measure(t, args.out, args.inp, args.repeats, args.uint4)
 
 
 if __name__ == "__main__":
