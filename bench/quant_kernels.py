@@ -35,6 +35,9 @@ these and bf16, the attempts at going below int4-gp):
   u4-256K   ... pieces of 256K values; u4-32K pieces of 32K values
   u4-tmp    the same pieces, unpacked through uint8 temporaries (p & 15, then a cast copy)
   u4-i8     unpacked into an int8 scratch, then INT8's path (cast to float32, partial products)
+  u4-vecdot the partials by np.vecdot over each group's 128 values (one gufunc call a piece,
+            no batched matmul), scales applied by a sum over groups
+  u4-mulsum the piece multiplied by x in place of a product, then summed per group
   u4-byte   no mask: the whole byte b = lo + 16 hi is cast, and x_lo.lo + x_hi.hi is computed as
             x_lo.b + (x_hi - 16 x_lo).hi, so only the shift remains
 """
@@ -295,7 +298,22 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
         part *= m["s4"][r0:r1].T[:, None, :]
         np.sum(part, axis=0, out=o)
 
-    del unpack_uint4
+    def vecdot_unpack(r0: int, r1: int, scratch: np.ndarray, o: np.ndarray) -> None:
+        n = r1 - r0
+        q = scratch[: n * inp].reshape(n, inp)
+        unpack_uint4(m["p4s"][r0:r1], inp, GROUP, q)
+        part = np.vecdot(q.reshape(1, n, g, GROUP), xg.transpose(1, 0, 2)[:, None])  # [T, n, g]
+        np.sum(part * m["s4"][r0:r1], axis=2, out=o)
+
+    def mulsum_unpack(r0: int, r1: int, scratch: np.ndarray, o: np.ndarray) -> None:
+        n = r1 - r0
+        q = scratch[: n * inp].reshape(n, inp)
+        unpack_uint4(m["p4s"][r0:r1], inp, GROUP, q)
+        for i in range(t):
+            prod = q * x[i]
+            part = prod.reshape(n, g, GROUP).sum(axis=2)  # [n, g]
+            np.vecdot(part, m["s4"][r0:r1], out=o[i])
+
     return {
         "u4": shipped(k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS),
         "u4-4M": shipped(SUB_ELEMENTS, SUB_ELEMENTS),
@@ -304,6 +322,8 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
         "u4-tmp": pieces(k.DECODE_ELEMENTS, tmp_unpack),
         "u4-i8": pieces(k.DECODE_ELEMENTS, i8_unpack),
         "u4-byte": pieces(k.DECODE_ELEMENTS, byte_unpack),
+        "u4-vecdot": pieces(k.DECODE_ELEMENTS, vecdot_unpack),
+        "u4-mulsum": pieces(k.DECODE_ELEMENTS, mulsum_unpack),
     }
 
 
