@@ -33,6 +33,8 @@ these and bf16, the attempts at going below int4-gp):
             small matmul, scales on the partials
   u4-4M     the same, unpacked in pieces of 4M values (what the cursor widens per block)
   u4-256K   ... pieces of 256K values; u4-32K pieces of 32K values
+  u4-pp     the decode path (partial products) at every T; u4-pp256K, u4-pp1M with pieces of
+            256K and 1M values
   u4-tmp    the same pieces, unpacked through uint8 temporaries (p & 15, then a cast copy)
   u4-i8     unpacked into an int8 scratch, then INT8's path (cast to float32, partial products)
   u4-vecdot the partials by np.vecdot over each group's 128 values (one gufunc call a piece,
@@ -45,6 +47,7 @@ these and bf16, the attempts at going below int4-gp):
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -236,17 +239,19 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
     xlo = np.ascontiguousarray(xg[:, :, :half])  # [g, T, 64]
     xhi16 = np.ascontiguousarray(xg[:, :, half:] - 16 * xg[:, :, :half])
 
-    def shipped(decode: int, prefill: int) -> Callable[[], np.ndarray]:
+    def shipped(decode: int, prefill: int, partial: int | None = None) -> Callable[[], np.ndarray]:
         def go() -> np.ndarray:
-            saved = k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS
+            saved = k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS, k.PARTIAL_MAX_ROWS
             k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS = decode, prefill
+            if partial is not None:
+                k.PARTIAL_MAX_ROWS = partial
             try:
                 y = np.empty((t, out), np.float32)
                 for r0, r1 in blocks(out, inp // 2):  # the cursor's blocks of packed rows
                     k.uint4_matmul_t(x, piece.row_slice(r0, r1), y[:, r0:r1])
                 return y
             finally:
-                k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS = saved
+                k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS, k.PARTIAL_MAX_ROWS = saved
 
         return go
 
@@ -319,6 +324,9 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
         "u4-4M": shipped(SUB_ELEMENTS, SUB_ELEMENTS),
         "u4-256K": shipped(1 << 18, 1 << 18),
         "u4-32K": shipped(1 << 15, 1 << 15),
+        "u4-pp": shipped(k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS, 1 << 30),  # partials at any T
+        "u4-pp256K": shipped(1 << 18, 1 << 18, 1 << 30),
+        "u4-pp1M": shipped(1 << 20, 1 << 20, 1 << 30),
         "u4-tmp": pieces(k.DECODE_ELEMENTS, tmp_unpack),
         "u4-i8": pieces(k.DECODE_ELEMENTS, i8_unpack),
         "u4-byte": pieces(k.DECODE_ELEMENTS, byte_unpack),
@@ -327,13 +335,22 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
     }
 
 
-def measure(t: int, out: int, inp: int, repeats: int, only_uint4: bool = False) -> None:
+def measure(
+    t: int,
+    out: int,
+    inp: int,
+    repeats: int,
+    only_uint4: bool = False,
+    only: list[str] | None = None,
+) -> None:
     m = make(out, inp)
     x = np.random.default_rng(1).standard_normal((t, inp), dtype=np.float32)
     fns = run_all(x, m)
     if only_uint4:
         fns = {k: f for k, f in fns.items() if k in ("bf16", "f32", "int8-gp", "int4-gp")}
     fns.update(uint4_all(x, m))
+    if only:
+        fns = {k: f for k, f in fns.items() if k in only or k in ("bf16", "f32")}
     ref = fns["f32"]()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for k, f in fns.items():  # warm up, and check each variant computes the same product
@@ -374,9 +391,11 @@ def main() -> None:
     ap.add_argument("--out", type=int, default=18944)
     ap.add_argument("--in", dest="inp", type=int, default=3584)
     ap.add_argument("--uint4", action="store_true", help="only the uint4 variants (and baselines)")
+    ap.add_argument("--only", nargs="+", help="only these variants (and bf16, f32)")
     args = ap.parse_args()
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for t in args.tokens:
-        measure(t, args.out, args.inp, args.repeats, args.uint4)
+        measure(t, args.out, args.inp, args.repeats, args.uint4, args.only)
 
 
 if __name__ == "__main__":

@@ -86,23 +86,22 @@ def _pack(q: np.ndarray, group: int, out: np.ndarray) -> None:
 def unpack_uint4(p: np.ndarray, cols: int, group: int, out: np.ndarray) -> None:
     """``out`` f32 [rows, cols] = the uint4 values (0..15, exact) of ``p`` uint8 [rows, packed].
 
-    Each nibble goes straight from the packed bytes into the float32 output (the ufunc computes
-    in uint8 and casts as it writes, in cache-sized buffers): no uint8 temporary."""
+    Each half goes through a uint8 temporary (mask or shift), then a plain cast copy: a ufunc
+    writing float32 straight from uint8 inputs (``casting="unsafe"``) runs its buffered casting
+    loop and measured 1.5x slower (bench/results/QUANT.md section 5)."""
     rows = p.shape[0]
     full, tail, head = _split(cols, group)
     half = group // 2
     if full:
         pg = p[:, : full * half].reshape(rows, full, half)
         og = out[:, : full * group].reshape(rows, full, 2, half)
-        np.bitwise_and(pg, np.uint8(15), out=og[:, :, 0], casting="unsafe")
-        np.right_shift(pg, np.uint8(4), out=og[:, :, 1], casting="unsafe")
+        np.copyto(og[:, :, 0], pg & np.uint8(15), casting="unsafe")
+        np.copyto(og[:, :, 1], pg >> np.uint8(4), casting="unsafe")
     if tail:
         at, base = full * half, full * group
         pt = p[:, at : at + head]
-        np.bitwise_and(pt, np.uint8(15), out=out[:, base : base + head], casting="unsafe")
-        np.right_shift(
-            pt[:, : tail - head], np.uint8(4), out=out[:, base + head : cols], casting="unsafe"
-        )
+        np.copyto(out[:, base : base + head], pt & np.uint8(15), casting="unsafe")
+        np.copyto(out[:, base + head : cols], pt[:, : tail - head] >> np.uint8(4), casting="unsafe")
 
 
 def check_zeros(zeros: np.ndarray, where: str) -> None:

@@ -4,12 +4,13 @@ The cursor hands a uint4 row block over packed (:class:`~wstream.format.quant.Qu
 this kernel unpacks it in pieces of ``*_ELEMENTS`` values into its own float32 scratch, small
 enough to stay in cache between the unpacking and the product:
 
-- **decode** (at most ``PARTIAL_MAX_ROWS`` rows of x): the integers are only unpacked, never
-  shifted or scaled. With ``P[g] = x_g @ q_g.T`` the per-group partial products,
+- **decode and short prefill** (at most ``PARTIAL_MAX_ROWS`` rows of x): the integers are only
+  unpacked, never shifted or scaled. With ``P[g] = x_g @ q_g.T`` the per-group partial products,
   ``y = sum_g s_g * P[g] - xsum @ (s * z).T``: the zero points fold into one small product of the
   per-group sums of x, the scales apply to the [groups, T, rows] partials.
-- **prefill**: ``(q - z) * s`` in place on the unpacked piece (the same arithmetic as
-  :func:`~wstream.format.quant.apply_scales`), then one matmul.
+- **long prefill** (the vision encoder's 1024 patches): ``(q - z) * s`` in place on the
+  unpacked piece (the same arithmetic as :func:`~wstream.format.quant.apply_scales`), then one
+  matmul.
 
 Both paths see only the stored bytes, so a streamed and an eager forward (same blocks, same
 pieces) give the same bits. Figures: ``bench/results/QUANT.md`` section 5.
@@ -22,12 +23,15 @@ import numpy as np
 from wstream.format.quant import QuantPiece, apply_scales
 from wstream.format.uint4 import unpack_uint4
 
-# Up to this many rows of x the decode path (partial products) runs; above, the prefill path.
-PARTIAL_MAX_ROWS = 8
-# float32 elements unpacked per piece: decode keeps the piece in L2 (1 MiB a core here);
-# prefill wants larger matmuls.
+# Up to this many rows of x the partial-product path runs; above, (q - z) * s and a matmul.
+# Measured at [T, 3584] @ [3584, 18944] against bf16 (bench/results/QUANT.md section 5): T = 1,
+# 0.34x; T = 80, 0.71x (the other path 1.36x); T = 448, 19x (the other path 1.23x).
+PARTIAL_MAX_ROWS = 80
+# float32 elements unpacked per piece. Partial products: 128K (0.5 MiB, in L2) measured 0.34x
+# at T = 1 against 0.54x for 4M and 0.39x for 256K, and much worse above 128K at T = 80.
+# The matmul path wants large products: 4M measured 1.36x at T = 80 against 2.73x for 1M.
 DECODE_ELEMENTS = 1 << 17
-PREFILL_ELEMENTS = 1 << 20
+PREFILL_ELEMENTS = 1 << 22
 
 
 def uint4_matmul_t(x: np.ndarray, w: QuantPiece, out: np.ndarray) -> None:
@@ -69,4 +73,4 @@ def uint4_matmul_t(x: np.ndarray, w: QuantPiece, out: np.ndarray) -> None:
             tail = x[:, full:] @ q[:, full:].T  # [T, n]
             tail *= s[:, -1]
             o += tail
-        o -= xsum @ (s * w.zeros[r0:r1]).T  # [T, G] @ [G, n]: the zero points
+        o -= xsum @ (s * w.zeros[r0:r1].astype(np.float32)).T  # [T, G] @ [G, n]: zero points
