@@ -33,6 +33,8 @@ these and bf16, the attempts at going below int4-gp):
             small matmul, scales on the partials
   u4-4M     the same, unpacked in pieces of 4M values (what the cursor widens per block)
   u4-256K   ... pieces of 256K values; u4-32K pieces of 32K values
+  u4-512K   partial products in 512K-value pieces; u4-sc128K, u4-sc512K: (q - z) * s then one
+            matmul per piece of 128K / 512K values, at every T
   u4-pp     the decode path (partial products) at every T; u4-pp256K, u4-pp1M with pieces of
             256K and 1M values
   u4-tmp    the same pieces, unpacked through uint8 temporaries (p & 15, then a cast copy)
@@ -327,6 +329,9 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
         "u4-pp": shipped(k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS, 1 << 30),  # partials at any T
         "u4-pp256K": shipped(1 << 18, 1 << 18, 1 << 30),
         "u4-pp1M": shipped(1 << 20, 1 << 20, 1 << 30),
+        "u4-512K": shipped(1 << 19, 1 << 19),
+        "u4-sc128K": shipped(1 << 17, 1 << 17, 0),  # (q - z) * s then a matvec, at every T
+        "u4-sc512K": shipped(1 << 19, 1 << 19, 0),
         "u4-tmp": pieces(k.DECODE_ELEMENTS, tmp_unpack),
         "u4-i8": pieces(k.DECODE_ELEMENTS, i8_unpack),
         "u4-byte": pieces(k.DECODE_ELEMENTS, byte_unpack),
