@@ -1,8 +1,8 @@
 """Decoder layers at MiniCPM-V 2.6 widths streamed from disk: seconds per decode step by layout.
 
 A synthetic checkpoint with the real decoder widths (hidden 3584, intermediate 18944, 28 query
-and 4 key/value heads) but only ``--layers`` layers and a small vocabulary, packed raw bf16 and
-INT8 (raw codec, so both are served zero-copy from the page cache). Each round streams every
+and 4 key/value heads) but only ``--layers`` layers and a small vocabulary, packed raw bf16, INT8
+and uint4 (raw codec, so all are served zero-copy from the page cache). Each round streams every
 layer once for one new position after an 80-position cache (a decode step) and, with
 ``--prefill``, for 80 positions, under ``--budget``; the layouts run interleaved round by round
 and the medians are reported as ratios to raw bf16, since the machine is shared::
@@ -11,7 +11,9 @@ and the medians are reported as ratios to raw bf16, since the machine is shared:
 
 Rows: ``raw`` (bf16, widened in cache by the cursor), ``int8 dequantize`` (the old path: the
 loader's workers dequantize to float32 slabs), ``int8 quantized`` (int8 handed to the forward,
-scales applied to per-group partial products or, for many positions, to the weights in cache).
+scales applied to per-group partial products or, for many positions, to the weights in cache),
+``uint4 quantized`` (the packed bytes, scales and zero points handed to the forward, unpacked in
+cache by ``wstream.model.uint4_kernel``). ``--only`` picks rows, e.g. ``--only raw uint4``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def prepare(data: Path, layers: int) -> dict[str, Path]:
     if not (ckpt / "config.json").exists():
         write_checkpoint(ckpt, cfg, seed=0)
     out = {}
-    for name, quantize in (("raw", None), ("int8", "int8")):
+    for name, quantize in (("raw", None), ("int8", "int8"), ("uint4", "uint4")):
         path = data / f"{name}-{layers}.wst"
         if not path.exists():
             pack(ckpt, path, codec="raw", quantize=quantize)
@@ -77,14 +79,25 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=1 << 30)
     ap.add_argument("--prefill", action="store_true")
     ap.add_argument("--data", type=Path, default=Path("/tmp/wstream-quant-bench"))
+    ap.add_argument("--only", nargs="+", default=["raw", "int8-dequantize", "int8", "uint4"])
     args = ap.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     paths = prepare(args.data, args.layers)
-    rows = [("raw", "quantized"), ("int8", "dequantize"), ("int8", "quantized")]
+    every = {
+        "raw": ("raw", "quantized"),
+        "int8-dequantize": ("int8", "dequantize"),
+        "int8": ("int8", "quantized"),
+        "uint4": ("uint4", "quantized"),
+    }
+    rows = [every["raw"]] + [every[k] for k in args.only if k != "raw"]
     for tokens in (1, CONTEXT) if args.prefill else (1,):
         times: dict[tuple[str, str], list[float]] = {r: [] for r in rows}
-        with Container(paths["raw"]) as raw, Container(paths["int8"]) as q8:
-            opened = {"raw": raw, "int8": q8}
+        with (
+            Container(paths["raw"]) as raw,
+            Container(paths["int8"]) as q8,
+            Container(paths["uint4"]) as q4,
+        ):
+            opened = {"raw": raw, "int8": q8, "uint4": q4}
             for r in rows:  # warm the page cache
                 step(opened[r[0]], r[1], args.budget, tokens)
             for _ in range(args.rounds):
@@ -94,11 +107,13 @@ def main() -> None:
                 k: sum(ch.nbytes for ch in c.manifest.chunks if ch.group.startswith("llm.layer."))
                 for k, c in opened.items()
             }
+        load = os.getloadavg()
         base = statistics.median(times["raw", "quantized"])
         kind = "decode step" if tokens == 1 else f"prefill of {tokens}"
         print(
             f"\n{args.layers} decoder layers at 2.6 widths, {kind}, warm, "
-            f"--budget {args.budget >> 20} MiB, {args.rounds} rounds (medians)"
+            f"--budget {args.budget >> 20} MiB, {args.rounds} rounds (medians); load average "
+            f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
         )
         print(f"{'container':8} {'widen':11} {'s/layer':>8} {'x raw':>6} {'MB/layer':>9}")
         for r, ts in times.items():

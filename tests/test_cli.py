@@ -317,6 +317,37 @@ def test_unpack_of_a_lossy_container_needs_dequantize(
         assert not np.array_equal(got, w)  # it really went through INT8
 
 
+def test_uint4_pack_info_verify_unpack(
+    tiny_checkpoint: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``pack --quantize uint4 --quant-group 4``: info names the layout, verify passes, unpack
+    --dequantize writes values within half a step of the source; an odd group is refused."""
+    src, tensors = tiny_checkpoint
+    wst = tmp_path / "q4.wst"
+    code, _, err = run(
+        capsys, "pack", src, "-o", tmp_path / "odd.wst", "--quantize", "uint4", "--quant-group", "3"
+    )
+    assert code == 1
+    one_error_line(err, "pack", "InputError")
+    code, _, err = run(capsys, "pack", src, "-o", wst, "--quantize", "uint4", "--quant-group", "4")
+    assert code == 0, err
+    code, out, _ = run(capsys, "info", wst)
+    assert code == 0 and "LOSSY" in out and "uint4 g4" in out
+    code, out, _ = run(capsys, "verify", wst)
+    assert code == 0 and "OK" in out
+    out_path = tmp_path / "q4.safetensors"
+    code, _, err = run(capsys, "unpack", wst, "-o", out_path, "--dequantize")
+    assert code == 0, err
+    back = read_safetensors(out_path)
+    a = tensors["layers.0.w"]  # the only 2-d float matrix
+    w, got = a.astype(np.float64), back["layers.0.w"].astype(np.float64)
+    g = w.reshape(w.shape[0], -1, 4)
+    step = (np.maximum(g.max(axis=2), 0) - np.minimum(g.min(axis=2), 0)) / 15  # [rows, groups]
+    bound = np.repeat(step, 4, axis=1) * (0.5 + 1e-6) + np.abs(w) * 2.0**-11 + 1e-12
+    assert np.all(np.abs(got - w) <= bound)
+    assert not np.array_equal(got, w)  # it really went through uint4
+
+
 def test_missing_input_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "verify", tmp_path / "nope.wst")
     assert code == 1

@@ -1,7 +1,8 @@
 """A derandomized mutation fuzz: every mutant container is a named error or bit-identical data.
 
-Six container kinds (raw; zstd; zstd with byte grouping; INT8 quantized; a tensor split into row
-blocks over several chunks, raw and zstd), holding every dtype family, a 0-d and an empty tensor.
+Seven container kinds (raw; zstd; zstd with byte grouping; INT8 and uint4 quantized; a tensor
+split into row blocks over several chunks, raw and zstd), holding every dtype family, a 0-d and
+an empty tensor.
 Each gets ``WSTREAM_FUZZ_MUTANTS`` mutants (default 2000; seeded, so every run tries the same
 ones) of four kinds:
 
@@ -49,6 +50,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "zstd": {"codec": "zstd"},
     "zstd-bytegroup": {"codec": "zstd", "shuffle": True},
     "int8": {"codec": "raw", "quantize": "int8"},
+    "uint4": {"codec": "raw", "quantize": "uint4"},  # packed values, scales, zero points
     "rowblocks-raw": {"codec": "raw", "max_chunk": 64 * 1024},  # 160 KiB tensor: 3 row blocks
     "rowblocks-zstd": {"codec": "zstd", "max_chunk": 64 * 1024},
 }
@@ -286,6 +288,8 @@ def test_every_mutant_is_a_named_error_or_identical_data(
     if kind.startswith("rowblocks"):  # the layout under test is really there
         with Container(BytesSource(data)) as c:
             assert any(t.rows for ch in c.manifest.chunks for t in ch.tensors)
-    if kind == "int8":
+    if kind in ("int8", "uint4"):
         with Container(BytesSource(data)) as c:
-            assert any(t.quant for ch in c.manifest.chunks for t in ch.tensors)
+            assert any(
+                t.quant and t.quant.scheme == kind for ch in c.manifest.chunks for t in ch.tensors
+            )

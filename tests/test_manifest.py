@@ -290,6 +290,37 @@ def _with_chunk1(stored: bytes, **fields: Any) -> Callable[[], bytes]:
     return make
 
 
+def _uint4_zero_point(zero: int) -> Callable[[], bytes]:
+    """Chunk 1 (zstd) gains a uint4 F32 [2, 8] piece "q" (group 8, SPEC.md 5.2) at 128: packed
+    values, scales at 192, zero points at 256, the first of them ``zero``; lossy, CRC correct."""
+
+    def make() -> bytes:
+        payloads, doc = base()
+        values = bytes([0x40, 0x51, 0x62, 0x73]) * 2  # split nibbles: q = 0..7 a row
+        scales = np.array([0.5, 0.25], "<f4").tobytes()
+        raw = RAW1 + bytes(48) + values + bytes(56) + scales + bytes(56) + bytes([zero, 3])
+        stored = zstandard.ZstdCompressor(level=3).compress(raw)
+        payloads[1] = (8192, stored)
+        ch = doc["chunks"][1]
+        piece = tdoc("q", "F32", [2, 8], 128)
+        piece["quant"] = {"scheme": "uint4", "group": 8, "scales": 192}
+        ch["tensors"].append(piece)
+        ch.update(nbytes=len(stored), raw_nbytes=len(raw), crc32=zlib.crc32(stored))
+        doc["lossy"] = True
+        return build_file(payloads, doc)
+
+    return make
+
+
+def test_the_uint4_case_is_valid_with_zero_points_in_range(tmp_path: Path) -> None:
+    """The zero-point case below differs from a valid file by that one byte only."""
+    with Container(write(tmp_path, _uint4_zero_point(15)())) as c:
+        c.verify()
+        q = np.tile(np.arange(8, dtype=np.float32), (2, 1))
+        want = (q - np.array([[15], [3]], np.float32)) * np.array([[0.5], [0.25]], np.float32)
+        assert np.array_equal(c.tensor("q"), want)
+
+
 def _flip_payload(index: int, at: int) -> Callable[[], bytes]:
     def make() -> bytes:
         payloads, doc = base()
@@ -767,6 +798,8 @@ READ_CASES: dict[str, tuple[Callable[[], bytes], type[E.FormatError]]] = {
         E.CorruptChunk,
     ),
     "frames-second-frame-declares-wrong-size": (_two_frames(lie=True), E.DecodedSizeMismatch),
+    "uint4-zero-point-16": (_uint4_zero_point(16), E.ZeroPointOutOfRange),
+    "uint4-zero-point-255": (_uint4_zero_point(255), E.ZeroPointOutOfRange),
     "frames-second-frame-garbage": (_two_frames(garbage=True), E.CorruptChunk),
 }
 

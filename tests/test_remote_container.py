@@ -44,6 +44,7 @@ KINDS: dict[str, dict[str, Any]] = {
     "zstd": {"codec": "zstd"},
     "zstd-grouped": {"codec": "zstd", "shuffle": True},
     "int8": {"quantize": "int8"},
+    "uint4": {"quantize": "uint4"},
     "row-blocks": {"max_chunk": 96 * KiB},  # large tensors split into row blocks
 }
 Q = PRESETS["tiny"].resampler.queries

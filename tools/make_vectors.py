@@ -81,12 +81,36 @@ class Int8:
 
 
 @dataclass
+class Uint4:
+    """A 4-bit tensor (section 5.2): q in [0, 15] [rows, cols], one binary32 scale and one uint8
+    zero point per ``group`` consecutive elements of a row; packed with split nibbles."""
+
+    q: np.ndarray  # uint8 [rows, cols], 0..15
+    scales: np.ndarray  # float32 [rows, ceil(cols / group)]
+    zeros: np.ndarray  # uint8 [rows, ceil(cols / group)] (an invalid vector may hold > 15)
+    group: int
+
+
+def pack_uint4(q: np.ndarray, group: int) -> bytes:
+    """Section 5.2, element by element: group k of a row starts at byte k * group / 2; byte j of
+    a group of L holds element j (low nibble) and element j + ceil(L / 2) (high, or 0)."""
+    out = bytearray()
+    for row in q.tolist():
+        for start in range(0, len(row), group):
+            g = row[start : start + group]
+            h = (len(g) + 1) // 2
+            out += bytes(g[j] | ((g[j + h] if j + h < len(g) else 0) << 4) for j in range(h))
+    return bytes(out)
+
+
+@dataclass
 class Piece:
     name: str
     array: np.ndarray  # the whole tensor as a reader returns it (dequantized when quantized)
     rows: tuple[int, int] | None = None
     pad: int = 0  # extra TENSOR_ALIGNMENT units before this piece
     int8: Int8 | None = None  # stored quantized
+    uint4: Uint4 | None = None  # stored as 4-bit values
 
 
 @dataclass
@@ -134,12 +158,19 @@ def group_bytes(raw: bytes, size: int) -> bytes:
     return bytes(planes)
 
 
-def _piece_bytes(p: Piece) -> tuple[bytes, bytes]:
-    """(values, scales) bytes of a piece."""
+def _piece_bytes(p: Piece) -> tuple[bytes, bytes, bytes]:
+    """(values, scales, zero points) bytes of a piece."""
     sel = slice(None) if p.rows is None else slice(p.rows[0], p.rows[1])
+    if p.uint4 is not None:
+        u = p.uint4
+        return (
+            pack_uint4(u.q[sel], u.group),
+            u.scales[sel].astype("<f4").tobytes(),
+            u.zeros[sel].astype("u1").tobytes(),
+        )
     if p.int8 is None:
-        return (p.array if p.rows is None else p.array[sel]).tobytes(), b""
-    return p.int8.q[sel].astype("<i1").tobytes(), p.int8.scales[sel].astype("<f4").tobytes()
+        return (p.array if p.rows is None else p.array[sel]).tobytes(), b"", b""
+    return p.int8.q[sel].astype("<i1").tobytes(), p.int8.scales[sel].astype("<f4").tobytes(), b""
 
 
 def encode(raw: bytes, ch: Chunk) -> tuple[bytes, list[dict[str, Any]]]:
@@ -181,7 +212,7 @@ def layout(
         tensors = []
         for p in ch.pieces:
             offset = align(len(raw), TENSOR_ALIGNMENT) + p.pad * TENSOR_ALIGNMENT
-            values, scales = _piece_bytes(p)
+            values, scales, zeros = _piece_bytes(p)
             raw += bytes(offset - len(raw)) + values
             t: dict[str, Any] = {
                 "name": p.name,
@@ -195,6 +226,11 @@ def layout(
                 at = align(len(raw), TENSOR_ALIGNMENT)
                 raw += bytes(at - len(raw)) + scales
                 t["quant"] = {"scheme": "int8", "group": p.int8.group, "scales": at}
+            if p.uint4 is not None:  # scales after the values, zero points after the scales
+                at = align(len(raw), TENSOR_ALIGNMENT)
+                raw += bytes(at - len(raw)) + scales
+                raw += bytes(align(len(raw), TENSOR_ALIGNMENT) - len(raw)) + zeros
+                t["quant"] = {"scheme": "uint4", "group": p.uint4.group, "scales": at}
             tensors.append(t)
         stored, codec = encode(bytes(raw), ch)
         offset = align(end, CHUNK_ALIGNMENT) + ch.gap_pages * CHUNK_ALIGNMENT
@@ -300,6 +336,27 @@ def int8_piece(
     full = np.repeat(sa, group, axis=1)[:, : qa.shape[1]]
     values = (qa.astype(np.float32) * full).astype(dtype.numpy)
     return Piece(name, values, rows, int8=Int8(qa, sa, group))
+
+
+def uint4_piece(
+    name: str,
+    q: list[list[int]],
+    scales: list[list[float]],
+    zeros: list[list[int]],
+    group: int,
+    dtype: DType,
+    rows: tuple[int, int] | None = None,
+) -> Piece:
+    """A 4-bit piece and the tensor a reader must return: each element is the binary32 product
+    (q - z) * s, converted to ``dtype`` with round-to-nearest-even (section 5.2)."""
+    qa = np.array(q, np.uint8)
+    sa = np.array(scales, np.float32)
+    za = np.array(zeros, np.uint8)
+    cols = qa.shape[1]
+    s_full = np.repeat(sa, group, axis=1)[:, :cols]
+    z_full = np.repeat(za, group, axis=1)[:, :cols].astype(np.float32)
+    values = ((qa.astype(np.float32) - z_full) * s_full).astype(dtype.numpy)
+    return Piece(name, values, rows, uint4=Uint4(qa, sa, za, group))
 
 
 BASIC = [
@@ -588,6 +645,49 @@ def valid_vectors() -> list[Valid]:
         ],
         lossy=True,
     )
+    q4 = [
+        [0, 15, 7, 8, 1, 14, 2, 13, 3, 12],
+        [5, 5, 5, 5, 0, 0, 15, 15, 9, 10],
+        [15, 0, 15, 0, 6, 7, 8, 9, 11, 4],
+    ]
+    s4 = [[0.5, 0.25, 1e-3], [1.0, 3.0, 0.1], [2.0**-10, 7.5, 1e30]]
+    z4 = [[0, 15, 8], [5, 0, 9], [15, 7, 11]]
+    add(
+        "quantized_uint4",
+        "uint4 pieces (section 5.2; lossy: true). An F32 [3, 10] tensor with group 4: three groups "
+        "a row, the last partial (2 elements), split nibbles (5 bytes a row); zero points 0 to 15 "
+        "after the scales, 64-byte aligned; split into row blocks across a raw and a zstd chunk, "
+        "each block carrying its rows' scales and zero points. A BF16 [2, 5] tensor with group 6: "
+        "one partial group of odd length, so each row's last high nibble is unused (0); its "
+        "binary32 products round to bf16 (RNE). An unquantized bias beside them.",
+        [
+            Chunk(
+                "c0",
+                "g",
+                [
+                    uint4_piece("w", q4, s4, z4, 4, DType.F32, (0, 2)),
+                    Piece("bias", bits(DType.F32, (3,), 24)),
+                ],
+            ),
+            Chunk(
+                "c1",
+                "g",
+                [
+                    uint4_piece("w", q4, s4, z4, 4, DType.F32, (2, 3)),
+                    uint4_piece(
+                        "v",
+                        [[1, 2, 3, 4, 15], [0, 9, 8, 7, 6]],
+                        [[0.0123], [3.3]],
+                        [[3], [12]],
+                        6,
+                        DType.BF16,
+                    ),
+                ],
+                codec="zstd",
+            ),
+        ],
+        lossy=True,
+    )
     add(
         "multi_group_gaps",
         "Three groups in execution order; chunks separated by an unused page and tensors by extra "
@@ -749,6 +849,38 @@ def quant_edited(fn: Callable[[dict[str, Any]], Any], *, lossy: bool = True) -> 
     lay = small_quant()
     fn(lay.doc["chunks"][0]["tensors"][0])
     lay.doc["lossy"] = lossy
+    return build(lay)
+
+
+def small_uint4(zero: int = 3) -> Layout:
+    """A lossy file whose chunk holds an F32 [2] bias at 0, then a uint4 F32 [2, 8] piece with
+    group 128 (one partial group a row): values [64, 72), scales [128, 136), zero points
+    [192, 194), the end of the chunk (so any larger region runs past raw_nbytes)."""
+    return layout(
+        [
+            Chunk(
+                "c0",
+                "g0",
+                [
+                    Piece("b", bits(DType.F32, (2,), 25)),
+                    uint4_piece(
+                        "w",
+                        [[0, 1, 2, 3, 12, 13, 14, 15], [15, 7, 0, 8, 1, 2, 3, 4]],
+                        [[0.5], [0.25]],
+                        [[zero], [8]],
+                        128,
+                        DType.F32,
+                    ),
+                ],
+            )
+        ],
+        lossy=True,
+    )
+
+
+def uint4_edited(fn: Callable[[dict[str, Any]], Any]) -> bytes:
+    lay = small_uint4()
+    fn(lay.doc["chunks"][0]["tensors"][1])
     return build(lay)
 
 
@@ -1119,6 +1251,44 @@ def invalid_vectors() -> list[Invalid]:
         "ManifestSchemaError",
         "A quantized piece in a file that says lossy: false (rule F1).",
         quant_edited(lambda t: None, lossy=False),
+    )
+    add(
+        "overlapping_regions_uint4_packed_size",
+        "OverlappingRegions",
+        "A uint4 piece whose shape says [2, 120] (still one group a row, so one scale and one zero "
+        "point a row): its packed values, 2 * ceil(120 / 2) = 120 bytes from offset 64, run over "
+        "its scales at 128. A reader that took one byte a value would overlap even more.",
+        uint4_edited(lambda t: t.update(shape=[2, 120])),
+    )
+    add(
+        "out_of_bounds_uint4_packed_size",
+        "OutOfBounds",
+        "A uint4 piece whose shape says [2, 300]: its packed values (300 bytes from offset 64) "
+        "end past the chunk's raw_nbytes (194), rule E11.",
+        uint4_edited(lambda t: t.update(shape=[2, 300])),
+    )
+    add(
+        "out_of_bounds_uint4_scale_count",
+        "OutOfBounds",
+        "A uint4 piece stored with one scale and one zero point a row (group 128 over 8 columns) "
+        "whose manifest says group 4: 2 * 2 scales, then 4 zero points from offset 192, which end "
+        "past raw_nbytes (194), rule E13.",
+        uint4_edited(lambda t: t["quant"].update(group=4)),
+    )
+    add(
+        "manifest_schema_uint4_odd_group",
+        "ManifestSchemaError",
+        "A uint4 piece with group 127: a uint4 group is even (two values a byte).",
+        uint4_edited(lambda t: t["quant"].update(group=127)),
+    )
+    add(
+        "zero_point_out_of_range",
+        "ZeroPointOutOfRange",
+        "A uint4 piece whose first zero point byte is 16 (every checksum correct): reading or "
+        "verifying chunk c0 must fail (rule G3), never return (q - 16) * s.",
+        build(small_uint4(zero=16)),
+        stage="read",
+        chunk="c0",
     )
     add(
         "chunk_checksum_mismatch",

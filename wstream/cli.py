@@ -171,6 +171,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
             level=args.level,
             shuffle=args.shuffle,
             quantize=args.quantize,
+            group=args.quant_group,
             dtype=args.dtype,
             max_chunk=args.max_chunk,
             threads=args.threads,
@@ -320,8 +321,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for group, members in by_group.items():
         names = {t["name"] for ch in members for t in ch["tensors"]}
         codec = "+".join(_step_name(s) for s in members[0]["codec"]) or "raw"
-        if any("quant" in t for c in members for t in c["tensors"]):
-            codec += " int8"
+        layouts = {
+            f"{t['quant']['scheme']} g{t['quant']['group']}"
+            for c in members
+            for t in c["tensors"]
+            if "quant" in t
+        }
+        if layouts:
+            codec += " " + ",".join(sorted(layouts))
         say(
             f"{group:<28} {len(members):>6} {len(names):>7} "
             f"{human(sum(c['raw_nbytes'] for c in members)):>12} "
@@ -470,9 +477,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--quantize",
-        choices=("int8",),
+        choices=("int8", "uint4"),
         default=None,
-        help="store linear-layer matrices as INT8 with a float32 scale per 128 values (lossy)",
+        help="store linear-layer matrices quantized (lossy): int8 with a float32 scale per "
+        "group of a row, or uint4 (two values a byte) with a float32 scale and a zero point "
+        "per group",
+    )
+    sp.add_argument(
+        "--quant-group",
+        type=bounded_int(1, spec.MAX_QUANT_GROUP),
+        default=128,
+        metavar="N",
+        help="consecutive values of a row sharing one scale with --quantize (default: 128; "
+        "even for uint4)",
     )
     sp.add_argument(
         "--dtype",

@@ -111,6 +111,10 @@ class DecodedSizeMismatch(FormatError):
     """A chunk (or an embedded file) decodes to another number of bytes than its raw_nbytes."""
 
 
+class ZeroPointOutOfRange(FormatError):
+    """A uint4 piece's stored zero point is above 15 (SPEC.md rule G3)."""
+
+
 class CorruptChunk(FormatError):
     """A chunk's (or an embedded file's) codec rejected its bytes."""
 

@@ -37,6 +37,7 @@ from wstream.format.quant import (
     quantize_int8,
 )
 from wstream.format.spec import CodecId, DType, QuantScheme, align_up
+from wstream.format.uint4 import packed_cols, quantize_uint4
 from wstream.model.folds import FOLDS, detect, parse_folds, plan_folds
 from wstream.model.schedule import ScheduledGroup, execution_order
 from wstream.pack_folds import FoldedSource
@@ -50,40 +51,43 @@ _A = spec.TENSOR_ALIGNMENT
 
 @dataclass(frozen=True, slots=True)
 class Storage:
-    """How one tensor is stored: its declared dtype, and an INT8 group if quantized."""
+    """How one tensor is stored: its declared dtype, and a scheme and group if quantized."""
 
     dtype: DType
     group: int | None = None
+    scheme: QuantScheme = QuantScheme.INT8
 
     def row_nbytes(self, t: SourceTensor) -> int:
-        """Stored bytes of one row (first-axis slice), scales included."""
-        cols = math.prod(t.shape[1:])
-        if self.group is not None:
-            return cols + n_groups(cols, self.group) * 4
-        return cols * self.dtype.itemsize
+        """Stored bytes of one row (first-axis slice), scales (and zero points) included."""
+        values, scales, zeros = self.regions(t, 1)
+        return values + scales + zeros
 
-    def regions(self, t: SourceTensor, rows: int) -> tuple[int, int]:
-        """(values bytes, scales bytes) of ``rows`` rows."""
+    def regions(self, t: SourceTensor, rows: int) -> tuple[int, int, int]:
+        """(values bytes, scales bytes, zero-point bytes) of ``rows`` rows."""
         cols = math.prod(t.shape[1:])
-        if self.group is not None:
-            return rows * cols, rows * n_groups(cols, self.group) * 4
-        return (rows * cols if t.shape else 1) * self.dtype.itemsize, 0
+        if self.group is None:
+            return (rows * cols if t.shape else 1) * self.dtype.itemsize, 0, 0
+        groups = rows * n_groups(cols, self.group)
+        if self.scheme is QuantScheme.UINT4:
+            return rows * packed_cols(cols), groups * 4, groups
+        return rows * cols, groups * 4, 0
 
 
 def storage_plan(
     tensors: Mapping[str, SourceTensor],
     *,
     dtype: DType | None = None,
-    quantize: bool = False,
+    quantize: QuantScheme | None = None,
     group: int = DEFAULT_GROUP,
 ) -> dict[str, Storage]:
     """Per tensor: floating-point tensors take ``dtype`` (None: keep), and with ``quantize``
-    the linear-layer matrices become INT8 (see :func:`wstream.format.quant.quantizable`)."""
+    the linear-layer matrices are stored in that scheme (see
+    :func:`wstream.format.quant.quantizable`)."""
     out = {}
     for name, t in tensors.items():
         target = dtype if dtype is not None and t.dtype in FLOATS else t.dtype
-        if quantize and quantizable(name, t.dtype, t.shape):
-            out[name] = Storage(target, group)
+        if quantize is not None and quantizable(name, t.dtype, t.shape):
+            out[name] = Storage(target, group, quantize)
         else:
             out[name] = Storage(target)
     return out
@@ -183,20 +187,22 @@ def layout_chunks(
             for unit in _units([tensors[n] for n in item], storage, max_chunk):
                 size = 0
                 for t, rows in unit:
-                    values, scales = storage[t.name].regions(t, _span(t, rows))
-                    size += align_up(values, _A) + align_up(scales, _A)
+                    values, scales, zeros = storage[t.name].regions(t, _span(t, rows))
+                    size += align_up(values, _A) + align_up(scales, _A) + align_up(zeros, _A)
                 if current and end + size > max_chunk:
                     chunks.append(current)
                     current, end = [], 0
                 for t, rows in unit:
                     st = storage[t.name]
-                    values, scales = st.regions(t, _span(t, rows))
+                    values, scales, zeros = st.regions(t, _span(t, rows))
                     quant = None
                     if st.group is not None:
-                        quant = Quant(QuantScheme.INT8, st.group, align_up(end + values, _A))
+                        quant = Quant(st.scheme, st.group, align_up(end + values, _A))
                     entry = TensorEntry(t.name, st.dtype, t.shape, end, rows, quant)
                     current.append(PieceLayout(entry, rows or (0, _rows(t))))
                     end = align_up(align_up(end + values, _A) + scales, _A)
+                    if zeros:  # uint4: the zero points follow the scales (SPEC.md 5.2)
+                        end = align_up(end + zeros, _A)
         if current or not chunks:
             chunks.append(current)
         for k, pieces in enumerate(chunks):
@@ -212,7 +218,11 @@ def _span(t: SourceTensor, rows: tuple[int, int] | None) -> int:
 
 def _end(e: TensorEntry) -> int:
     end = e.offset + e.nbytes
-    return max(end, e.quant.scales + e.scales_nbytes) if e.quant is not None else end
+    if e.quant is None:
+        return end
+    if e.zeros_nbytes:
+        return max(end, e.zeros_offset + e.zeros_nbytes)
+    return max(end, e.quant.scales + e.scales_nbytes)
 
 
 class _Filler:
@@ -237,6 +247,7 @@ class _Filler:
         regions = sorted(
             [(p.entry.offset, p.entry.nbytes) for p in plan.pieces]
             + [(p.entry.quant.scales, p.entry.scales_nbytes) for p in plan.pieces if p.entry.quant]
+            + [(p.entry.zeros_offset, p.entry.zeros_nbytes) for p in plan.pieces if p.entry.quant]
         )
         end = 0
         for start, n in regions:  # zero the alignment gaps: packing is reproducible
@@ -267,7 +278,9 @@ class _Filler:
             self._read(src.name, r, chunk.data)
             values = chunk.view(src.dtype.numpy).reshape((n, *src.shape[1:]) if src.shape else ())
             at = e.offset + (r - a) * cols * out_itemsize
-            if e.quant is not None:
+            if e.quant is not None and e.quant.scheme is QuantScheme.UINT4:
+                self._uint4(e, values.reshape(n, cols), r - a, raw)
+            elif e.quant is not None:
                 q = raw[at : at + n * cols].view(np.int8).reshape(n, cols)
                 groups = n_groups(cols, e.quant.group)
                 s_at = e.quant.scales + (r - a) * groups * 4
@@ -280,6 +293,20 @@ class _Filler:
                 dst[...] = converted.reshape(-1)
                 if not self.lossy and not is_exact(values, converted):
                     self.lossy = True
+
+    def _uint4(self, e: TensorEntry, values: np.ndarray, r: int, raw: np.ndarray) -> None:
+        """Rows [r, r + n) of uint4 piece ``e`` (rows counted inside the piece)."""
+        assert e.quant is not None
+        n, cols = values.shape
+        width, groups = packed_cols(cols), n_groups(cols, e.quant.group)
+        at = e.offset + r * width
+        p = raw[at : at + n * width].reshape(n, width)
+        s_at = e.quant.scales + r * groups * 4
+        s = raw[s_at : s_at + n * groups * 4].view(np.float32).reshape(n, groups)
+        z_at = e.zeros_offset + r * groups
+        z = raw[z_at : z_at + n * groups].reshape(n, groups)
+        quantize_uint4(values, e.quant.group, p, s, z)
+        self.lossy = True
 
 
 def _group_size(plan: ChunkLayout) -> int:
@@ -299,6 +326,7 @@ def pack(
     level: int | None = None,
     shuffle: bool = False,
     quantize: str | None = None,
+    group: int = DEFAULT_GROUP,
     dtype: str = "keep",
     max_chunk: int = spec.DEFAULT_MAX_CHUNK,
     threads: int = 1,
@@ -311,7 +339,8 @@ def pack(
     pack completes, and an interrupted pack aborts the upload).
 
     ``codec`` raw or zstd; ``level`` None picks the measured best (see codecs); ``shuffle``
-    groups bytes before zstd; ``quantize`` "int8" stores linear layers as INT8; ``dtype``
+    groups bytes before zstd; ``quantize`` "int8" or "uint4" stores linear layers quantized
+    with a scale (uint4: and a zero point) per ``group`` values of a row; ``dtype``
     "keep", "bfloat16", "float16" or "float32" converts floating-point tensors. ``files``
     embeds the checkpoint's tokenizer, chat template, preprocessor and generation settings found
     beside the weights (see :mod:`wstream.container.model_files`), after the chunks. ``fold``
@@ -330,8 +359,13 @@ def pack(
         )
     if shuffle and codec != "zstd":
         raise InputError("shuffle: byte grouping only helps a compressor; use it with codec 'zstd'")
-    if quantize not in (None, "int8"):
-        raise InputError(f"quantize: {quantize!r} is not 'int8'")
+    if quantize not in (None, "int8", "uint4"):
+        raise InputError(f"quantize: {quantize!r} is not one of 'int8', 'uint4'")
+    if not 1 <= group <= spec.MAX_QUANT_GROUP or (quantize == "uint4" and group % 2):
+        raise InputError(
+            f"group: {group} is outside [1, {spec.MAX_QUANT_GROUP}]"
+            + (" or odd (uint4 packs two values a byte)" if quantize == "uint4" else "")
+        )
     dtypes = {"keep": None, "bfloat16": DType.BF16, "float16": DType.F16, "float32": DType.F32}
     if dtype not in dtypes:
         raise InputError(f"dtype: {dtype!r} is not one of {', '.join(dtypes)}")
@@ -350,7 +384,8 @@ def pack(
     # after the whole checkpoint has been converted.
     model_paths = find_model_files(src) if files else ()
     model_files = read_model_files(model_paths)
-    storage = storage_plan(tensors, dtype=dtypes[dtype], quantize=quantize == "int8")
+    scheme = QuantScheme(quantize) if quantize is not None else None
+    storage = storage_plan(tensors, dtype=dtypes[dtype], quantize=scheme, group=group)
     plans = layout_chunks(execution_order(tensors), tensors, max_chunk, storage)
     if len(plans) > spec.MAX_CHUNKS:  # refused now, not after writing them all
         raise InputError(

@@ -160,14 +160,16 @@ class Container(Scoped):
 
     def decode(self, chunk: ChunkEntry, *, verify: bool = True) -> np.ndarray:
         """A chunk's decoded bytes as a uint8 array (a raw chunk of a mapped source: a read-only
-        view of the map; otherwise a new array)."""
+        view of the map; otherwise a new array), its uint4 zero points checked (rule G3)."""
         if chunk.is_raw:
             src = self.stored(chunk)
             if verify:
                 wchunk.check_crc(chunk, src)
-            return np.frombuffer(src, np.uint8)
-        out = np.empty(chunk.raw_nbytes, np.uint8)
-        self.decode_into(chunk, out.data, verify=verify)
+            out = np.frombuffer(src, np.uint8)
+        else:
+            out = np.empty(chunk.raw_nbytes, np.uint8)
+            self.decode_into(chunk, out.data, verify=verify)
+        wchunk.check_pieces(chunk, out)  # G3, whatever ``verify`` says: never a wrong value
         return out
 
     # --- tensors ------------------------------------------------------------------------------
@@ -234,9 +236,12 @@ class Container(Scoped):
         scratch = np.empty(largest, np.uint8)
         for chunk in self.manifest.chunks:
             if chunk.is_raw:
-                self.check_crc(chunk)
+                decoded = self.stored(chunk)
+                self.check_crc(chunk, decoded)
             else:
-                self.decode_into(chunk, scratch.data[: chunk.raw_nbytes])
+                decoded = scratch.data[: chunk.raw_nbytes]
+                self.decode_into(chunk, decoded)
+            wchunk.check_pieces(chunk, decoded)  # G3: uint4 zero points in range
         for entry in self.manifest.files:
             self._read_file(entry, verify=True)
 

@@ -16,10 +16,12 @@ from wstream import errors as E
 from wstream.format import codecs
 from wstream.format.crc import crc32
 from wstream.format.manifest import ChunkEntry, TensorEntry
-from wstream.format.quant import QuantPiece, dequantize_int8
+from wstream.format.quant import QuantPiece, apply_scales, dequantize_int8
+from wstream.format.spec import QuantScheme
+from wstream.format.uint4 import check_zeros, unpack_uint4
 
 Buffer = bytes | bytearray | memoryview
-Stored = np.ndarray | QuantPiece  # a piece as stored: its values, or int8 values with scales
+Stored = np.ndarray | QuantPiece  # a piece as stored: its values, or quantized values + scales
 
 
 def check_crc(chunk: ChunkEntry, stored: Buffer) -> None:
@@ -54,10 +56,17 @@ def float32_copy(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _stored_dtype(entry: TensorEntry) -> np.dtype:
+    if entry.quant is None:
+        return entry.dtype.numpy
+    return np.dtype(np.uint8 if entry.quant.scheme is QuantScheme.UINT4 else np.int8)
+
+
 def piece_views_of(entry: TensorEntry, raw: np.ndarray) -> np.ndarray:
-    """A view of one piece's stored values in decoded chunk ``raw`` (int8 when quantized)."""
-    dtype = np.dtype(np.int8) if entry.quant is not None else entry.dtype.numpy
-    return raw[entry.offset : entry.offset + entry.nbytes].view(dtype).reshape(entry.piece_shape)
+    """A view of one piece's stored values in decoded chunk ``raw`` (int8 when quantized as
+    INT8; the packed bytes [rows, ceil(cols / 2)] of a uint4 piece)."""
+    at, n = entry.offset, entry.nbytes
+    return raw[at : at + n].view(_stored_dtype(entry)).reshape(entry.stored_shape)
 
 
 def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndarray]:
@@ -68,16 +77,35 @@ def piece_views(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[np.ndar
 
 
 def quant_piece_of(entry: TensorEntry, raw: np.ndarray) -> QuantPiece:
-    """Views of a quantized piece's int8 values and float32 scales in decoded chunk ``raw``."""
+    """Views of a quantized piece's values, float32 scales and (uint4) zero points in decoded
+    chunk ``raw``; a uint4 zero point above 15 is
+    :class:`~wstream.errors.ZeroPointOutOfRange` (rule G3), never a wrong value."""
     assert entry.quant is not None
     at = entry.quant.scales
     scales = raw[at : at + entry.scales_nbytes].view(np.float32).reshape(entry.scales_shape)
-    return QuantPiece(piece_views_of(entry, raw), scales, entry.quant.group)
+    values = piece_views_of(entry, raw)
+    if entry.quant.scheme is not QuantScheme.UINT4:
+        return QuantPiece(values, scales, entry.quant.group)
+    z = entry.zeros_offset
+    zeros = raw[z : z + entry.zeros_nbytes].reshape(entry.scales_shape)
+    check_zeros(zeros, f"tensor {entry.name!r} rows {entry.rows or 'all'}")
+    return QuantPiece(values, scales, entry.quant.group, zeros, entry.piece_shape[1])
+
+
+def check_pieces(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> None:
+    """Rule G3 on a decoded chunk: every uint4 piece's zero points are in [0, 15]."""
+    raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
+    for t in chunk.tensors:
+        if t.quant is not None and t.quant.scheme is QuantScheme.UINT4:
+            try:
+                quant_piece_of(t, raw)
+            except E.ZeroPointOutOfRange as exc:
+                raise E.ZeroPointOutOfRange(f"chunk {chunk.name!r}: {exc}") from None
 
 
 def stored_pieces(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[Stored]:
     """Each piece of a decoded chunk as stored, in manifest order: a view of its values, or for a
-    quantized piece its values and scales (what ``Widen.QUANTIZED`` hands out)."""
+    quantized piece its values, scales and zero points (what ``Widen.QUANTIZED`` hands out)."""
     raw = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf
     return [
         quant_piece_of(t, raw) if t.quant is not None else piece_views_of(t, raw)
@@ -88,7 +116,20 @@ def stored_pieces(chunk: ChunkEntry, buf: np.ndarray | memoryview) -> list[Store
 def dequantize_into(entry: TensorEntry, raw: np.ndarray, out: np.ndarray) -> None:
     """The float32 values [piece_shape] of a quantized piece of decoded chunk ``raw``."""
     p = quant_piece_of(entry, raw)
-    dequantize_int8(p.values, p.scales, p.group, out)
+    if p.zeros is None:
+        dequantize_int8(p.values, p.scales, p.group, out)
+    else:
+        dequantize_uint4(p, out)
+
+
+def dequantize_uint4(p: QuantPiece, out: np.ndarray) -> None:
+    """``out`` f32 [rows, cols] = (q - z) x s of a uint4 piece, in cache-sized row blocks."""
+    assert p.zeros is not None
+    step = max(1, (1 << 16) // max(p.cols, 1))  # 256 KiB of float32 per pass
+    for r in range(0, p.values.shape[0], step):
+        o = out[r : r + step]
+        unpack_uint4(p.values[r : r + step], p.cols, p.group, o)
+        apply_scales(o, p.scales[r : r + step], p.group, p.zeros[r : r + step])
 
 
 def convert_piece(entry: TensorEntry, raw: np.ndarray, stored: np.ndarray, dst: np.ndarray) -> None:

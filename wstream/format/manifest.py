@@ -70,8 +70,10 @@ class CodecStep(NamedTuple):
 
 
 class Quant(NamedTuple):
-    """How a quantized tensor piece is stored: int8 values at the piece's offset, and float32
-    scales [rows, ceil(cols / group)] at ``scales``; value = int8 x its group's scale."""
+    """How a quantized tensor piece is stored: its values at the piece's offset (int8, or uint4
+    two a byte), float32 scales [rows, ceil(cols / group)] at ``scales`` and, for uint4, uint8
+    zero points of the same shape at the next multiple of 64 after the scales (SPEC.md 5.1,
+    5.2); value = int8 x its group's scale, or (uint4 - its group's zero point) x the scale."""
 
     scheme: QuantScheme
     group: int  # consecutive elements of a row sharing one scale
@@ -102,9 +104,17 @@ class TensorEntry(NamedTuple):
         return 1 if self.quant is not None else self.dtype.itemsize
 
     @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """Shape of the values at ``offset``: uint4 rows hold ceil(cols / 2) bytes."""
+        if self.quant is not None and self.quant.scheme is QuantScheme.UINT4:
+            rows, cols = self.piece_shape
+            return (rows, -(-cols // 2))
+        return self.piece_shape
+
+    @property
     def nbytes(self) -> int:
-        """Bytes of the values at ``offset`` (int8 ones when quantized)."""
-        return math.prod(self.piece_shape) * self.stored_itemsize
+        """Bytes of the values at ``offset`` (int8 ones, or packed uint4, when quantized)."""
+        return math.prod(self.stored_shape) * self.stored_itemsize
 
     @property
     def scales_shape(self) -> tuple[int, int]:
@@ -116,6 +126,20 @@ class TensorEntry(NamedTuple):
     @property
     def scales_nbytes(self) -> int:
         return math.prod(self.scales_shape) * 4
+
+    @property
+    def zeros_offset(self) -> int:
+        """Where a uint4 piece's zero points start: the next multiple of 64 after its scales."""
+        if self.quant is None:
+            return 0
+        return spec.align_up(self.quant.scales + self.scales_nbytes, spec.TENSOR_ALIGNMENT)
+
+    @property
+    def zeros_nbytes(self) -> int:
+        """Bytes of a uint4 piece's zero points (one uint8 per scale); 0 for other pieces."""
+        if self.quant is None or self.quant.scheme is not QuantScheme.UINT4:
+            return 0
+        return math.prod(self.scales_shape)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -581,6 +605,16 @@ def _tensor(
             )
         if scales_nbytes:
             spans.append((quant.scales, quant.scales + scales_nbytes, f"{name} (scales)"))
+        zeros_nbytes = entry.zeros_nbytes
+        if zeros_nbytes:
+            at = entry.zeros_offset
+            if at + zeros_nbytes > raw_nbytes:
+                raise E.OutOfBounds(
+                    f"{where}.quant: zero points at bytes [{at}, {at + zeros_nbytes}) (after "
+                    f"{entry.scales_shape[0] * entry.scales_shape[1]} scales) exceed raw_nbytes "
+                    f"{raw_nbytes}"
+                )
+            spans.append((at, at + zeros_nbytes, f"{name} (zero points)"))
     return entry
 
 
@@ -598,6 +632,10 @@ def _quant(value: Any, where: str, dtype: DType, shape: tuple[int, ...]) -> Quan
             f"{where}: only 2-d floating-point tensors are quantized, not {dtype}{list(shape)}"
         )
     group = _int(q["group"], f"{where}.group", 1, spec.MAX_QUANT_GROUP)
+    if scheme is QuantScheme.UINT4 and group % 2:
+        raise E.ManifestSchemaError(
+            f"{where}.group: {group} is odd; a uint4 group is even (two values a byte)"
+        )
     scales = _int(q["scales"], f"{where}.scales", 0, spec.MAX_CHUNK_RAW_NBYTES)
     if scales % spec.TENSOR_ALIGNMENT:
         raise E.MisalignedOffset(

@@ -1,4 +1,5 @@
-"""Lossy storage transforms applied at pack time: INT8 weight quantization and dtype conversion.
+"""Lossy storage transforms applied at pack time: INT8 weight quantization and dtype conversion
+(the 4-bit scheme's own arithmetic is :mod:`wstream.format.uint4`).
 
 INT8 is symmetric, one float32 scale per group of ``group`` consecutive elements of a row
 (``scale = max|w| / 127``, ``q = round(w / scale)``), so every element's error is at most
@@ -63,44 +64,67 @@ _DEQUANT_ROWS = 256  # rows per pass: keeps the cast's output in cache for the m
 
 class QuantPiece(NamedTuple):
     """A quantized piece as stored, handed to a consumer that applies the scales itself (the
-    forward: see :mod:`wstream.model.blockwise`): value = ``values`` x its group's scale."""
+    forward: see :mod:`wstream.model.blockwise`).
 
-    values: np.ndarray  # int8 [rows, cols] (a view of the chunk's bytes)
+    INT8: value = ``values`` x its group's scale. uint4 (``zeros`` set): ``values`` are the
+    packed bytes [rows, ceil(cols / 2)] (see :mod:`wstream.format.uint4`), value =
+    (q - its group's zero point) x its group's scale."""
+
+    values: np.ndarray  # int8 [rows, cols], or uint4 bytes [rows, ceil(cols / 2)] (chunk views)
     scales: np.ndarray  # float32 [rows, n_groups(cols, group)]
     group: int
+    zeros: np.ndarray | None = None  # uint4: uint8 [rows, n_groups(cols, group)], 0..15
+    cols: int = 0  # uint4: the logical columns (int8: values.shape[1])
 
     @property
     def shape(self) -> tuple[int, ...]:
+        if self.zeros is not None:
+            return (self.values.shape[0], self.cols)
         return tuple(self.values.shape)
 
     def row_slice(self, r0: int, r1: int) -> QuantPiece:
-        return QuantPiece(self.values[r0:r1], self.scales[r0:r1], self.group)
+        zeros = None if self.zeros is None else self.zeros[r0:r1]
+        return QuantPiece(self.values[r0:r1], self.scales[r0:r1], self.group, zeros, self.cols)
 
     def copy(self) -> QuantPiece:
-        return QuantPiece(self.values.copy(), self.scales.copy(), self.group)
+        zeros = None if self.zeros is None else self.zeros.copy()
+        return QuantPiece(self.values.copy(), self.scales.copy(), self.group, zeros, self.cols)
 
 
 class QuantBlock(NamedTuple):
     """A row block of a quantized matrix with its integers already widened to float32 (exact):
-    ``q`` [rows, cols] holds int8 values, ``scales`` [rows, n_groups] the scales to apply."""
+    ``q`` [rows, cols] holds the stored integers, ``scales`` [rows, n_groups] the scales to
+    apply, and for uint4 ``zeros`` [rows, n_groups] the zero points to subtract first."""
 
     q: np.ndarray  # float32 [rows, cols], integer-valued; a scratch buffer the consumer may scale
     scales: np.ndarray  # float32 [rows, n_groups(cols, group)]
     group: int
+    zeros: np.ndarray | None = None  # uint4: uint8 [rows, n_groups(cols, group)]
 
 
-def apply_scales(q: np.ndarray, scales: np.ndarray, group: int) -> None:
-    """``q`` (float32 [rows, cols], integer-valued) x its group's scale, in place.
+def apply_scales(
+    q: np.ndarray, scales: np.ndarray, group: int, zeros: np.ndarray | None = None
+) -> None:
+    """``q`` (float32 [rows, cols], integer-valued) minus its group's zero point (uint4), times
+    its group's scale, in place.
 
-    The one copy of the dequantisation arithmetic (one float32 product per element), so every
-    path that dequantises (loader workers, eager, the forward's cursor) gives the same bits."""
+    The one copy of the dequantisation arithmetic (a float32 subtraction, exact for these small
+    integers, then one float32 product per element), so every path that dequantises (loader
+    workers, eager, the forward's cursor) gives the same bits."""
     rows, cols = q.shape
     full = cols // group * group
     g = full // group
+    # The zero points are widened first (a small [rows, groups] array): subtracting uint8 from
+    # float32 element by element runs numpy's buffered casting loop, several times slower.
+    z = None if zeros is None else zeros.astype(np.float32)
     if full:
         head = q[:, :full].reshape(rows, g, group)  # [R, g, group]
+        if z is not None:
+            np.subtract(head, z[:, :g, None], out=head)
         np.multiply(head, scales[:, :g, None], out=head)
     if full < cols:
+        if z is not None:
+            np.subtract(q[:, full:], z[:, -1:], out=q[:, full:])
         np.multiply(q[:, full:], scales[:, -1:], out=q[:, full:])
 
 

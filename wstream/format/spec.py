@@ -144,12 +144,14 @@ class QuantScheme(enum.StrEnum):
     """How a tensor's values are stored when they are not stored in their dtype."""
 
     INT8 = "int8"  # symmetric, int8 values + one float32 scale per group of a row
+    UINT4 = "uint4"  # asymmetric, two 4-bit values a byte; a float32 scale + zero point a group
 
 
 MAX_PIPELINE_STEPS = 2  # [bytegroup], [zstd] or [bytegroup, zstd]
 BYTEGROUP_SIZES = (2, 4, 8)
 MAX_FRAMES_PER_CHUNK = 1 << 16
 MAX_QUANT_GROUP = 1 << 20
+UINT4_MAX = 15  # the largest uint4 value and zero point
 
 
 def shape_extent(shape: tuple[int, ...] | list[int], itemsize: int) -> int:

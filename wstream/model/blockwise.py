@@ -13,10 +13,11 @@ import functools
 
 import numpy as np
 
-from wstream.format.quant import QuantBlock, apply_scales
+from wstream.format.quant import QuantBlock, QuantPiece, apply_scales
 from wstream.model.fast import rowwise
 from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
 from wstream.model.ops import normalize, rms_normalize, silu_factor
+from wstream.model.uint4_kernel import uint4_matmul_t
 from wstream.model.weights import Block, GroupCursor
 
 # Up to this many rows of x, an INT8 block's group scales go onto per-group partial products
@@ -29,6 +30,9 @@ PARTIAL_MAX_ROWS = 8
 
 def matmul_t(x: np.ndarray, w: Block, out: np.ndarray) -> None:
     """``out`` [T, rows] = x [T, cols] @ W.T for W [rows, cols], float32 or quantized."""
+    if isinstance(w, QuantPiece):  # uint4, as stored
+        uint4_matmul_t(x, w, out)
+        return
     if not isinstance(w, QuantBlock):
         np.matmul(x, w.T, out=out)
         return
@@ -69,13 +73,13 @@ def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None
         if y is None:
             y = np.empty((x.shape[0], cur.block_rows), dtype=np.float32)  # [T, out]
         w = arrays[0]
-        if not isinstance(w, QuantBlock):
+        if not isinstance(w, QuantBlock | QuantPiece):
             w = w.reshape(r1 - r0, -1)  # [rows, in]
         out = y[:, r0:r1]  # [T, rows]
         matmul_t(x, w, out)  # [T, in] @ [in, rows]
         if bias is not None:
             b = arrays[1]
-            assert not isinstance(b, QuantBlock)  # only 2-d matrices are quantized
+            assert isinstance(b, np.ndarray)  # only 2-d matrices are quantized
             rowwise(functools.partial(_add, b=b), out)  # [rows], on both cores
     assert y is not None  # blocks() yields at least one block or raises
     return y

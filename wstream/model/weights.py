@@ -16,6 +16,7 @@ its slab, and tests poison released slabs to prove the forward never does).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import cast
 
@@ -25,6 +26,7 @@ from wstream.errors import WStreamError
 from wstream.format.chunk import Stored
 from wstream.format.chunk import widens as _widens
 from wstream.format.quant import QuantBlock, QuantPiece, apply_scales
+from wstream.format.uint4 import unpack_uint4
 from wstream.model.fast import PARALLEL_MIN, parallel_pool, widen_into
 from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
 
@@ -32,7 +34,10 @@ from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
 # enough to stay in cache between widening and use, large enough for full-speed matmuls.
 SUB_ELEMENTS = 1 << 22
 
-Block = np.ndarray | QuantBlock  # what quant_blocks() yields per tensor
+# What quant_blocks() yields per tensor: float32, an INT8 block widened (scales not applied), or
+# a uint4 row block as stored (packed bytes, scales, zero points): its kernel unpacks it in
+# cache-sized pieces itself (wstream.model.blockwise).
+Block = np.ndarray | QuantBlock | QuantPiece
 
 
 class OrderError(WStreamError, RuntimeError):
@@ -117,8 +122,8 @@ class GroupCursor:
             )
         if isinstance(array, QuantPiece):
             out = np.empty(array.shape, np.float32)
-            widen_into(out, array.values)
-            apply_scales(out, array.scales, array.group)
+            _unpack_into(out, array)
+            apply_scales(out, array.scales, array.group, array.zeros)
             return out
         return array
 
@@ -134,9 +139,10 @@ class GroupCursor:
     ) -> Iterator[tuple[int, int, tuple[Block, ...]]]:
         """Row blocks of tensors split together: yields (start, stop, (array, ...)).
 
-        A quantized tensor's block arrives as a :class:`QuantBlock` (its integers widened to
-        float32, the scales not yet applied: the consumer applies them where they cost least);
-        :meth:`blocks` applies them itself and yields float32 arrays only.
+        An INT8 tensor's block arrives as a :class:`QuantBlock` (its integers widened to
+        float32, the scales not yet applied: the consumer applies them where they cost least),
+        a uint4 one as the stored :class:`QuantPiece` rows (packed, for a kernel that unpacks
+        them itself); :meth:`blocks` dequantizes both and yields float32 arrays only.
 
         All named tensors must share their row count; blocks arrive in row order and cover every
         row exactly once. The arrays of one block are valid until the next block is requested.
@@ -193,23 +199,24 @@ class GroupCursor:
         for s0 in range(0, max(n, 1), step):
             s1 = min(s0 + step, n)
             parts = [_rows(a, s0, s1) for a in arrays]
-            need = sum(_values(p).size for p in parts if _widened(p))
+            need = sum(_wide_size(p) for p in parts if _widened(p, keep_quant))
             if self._scratch.size < need:
                 self._scratch = np.empty(need, np.float32)
             pieces: list[Block] = []
             used = 0
             for part in parts:
-                if not _widened(part):
-                    assert isinstance(part, np.ndarray)
+                if not _widened(part, keep_quant):
                     pieces.append(part)
                     continue
-                values = _values(part)
-                dst = self._scratch[used : used + values.size].reshape(values.shape)
-                widen_into(dst, values)
-                used += values.size
+                size = _wide_size(part)
+                dst = self._scratch[used : used + size].reshape(part.shape)
+                used += size
                 if not isinstance(part, QuantPiece):
+                    widen_into(dst, part)
                     pieces.append(dst)
-                elif keep_quant:
+                    continue
+                _unpack_into(dst, part)
+                if keep_quant:
                     pieces.append(QuantBlock(dst, part.scales, part.group))
                 else:
                     _on_row_halves(functools.partial(_scale_rows, dst, part), len(dst), dst.size)
@@ -264,18 +271,30 @@ def _take_n(it: Iterator[LoadedChunk], n: int) -> Iterator[LoadedChunk]:
         yield chunk
 
 
-def _widened(a: Stored) -> bool:
-    """Widened into scratch before use: a float other than float32, or quantized values."""
-    return isinstance(a, QuantPiece) or _widens(a.dtype)
+def _widened(a: Stored, keep_quant: bool) -> bool:
+    """Widened into scratch before use: a float other than float32, or quantized values (but
+    not a uint4 block handed to its kernel as stored)."""
+    if isinstance(a, QuantPiece):
+        return a.zeros is None or not keep_quant
+    return _widens(a.dtype)
 
 
-def _values(a: Stored) -> np.ndarray:
-    return a.values if isinstance(a, QuantPiece) else a
+def _wide_size(a: Stored) -> int:
+    """float32 elements of ``a`` widened."""
+    return math.prod(a.shape)
+
+
+def _unpack_into(dst: np.ndarray, piece: QuantPiece) -> None:
+    """``dst`` f32 = a quantized piece's stored integers (not yet scaled)."""
+    if piece.zeros is None:
+        widen_into(dst, piece.values)
+    else:
+        unpack_uint4(piece.values, piece.cols, piece.group, dst)
 
 
 def _row_size(a: Stored) -> int:
-    v = _values(a)
-    return v[0].size if v.ndim and v.shape[0] else 1
+    shape = a.shape  # a uint4 piece's logical shape: its float32 rows, not its packed bytes
+    return math.prod(shape[1:]) if len(shape) and shape[0] else 1
 
 
 def _rows(a: Stored, s0: int, s1: int) -> Stored:
@@ -285,7 +304,8 @@ def _rows(a: Stored, s0: int, s1: int) -> Stored:
 
 
 def _scale_rows(dst: np.ndarray, piece: QuantPiece, rows: slice) -> None:
-    apply_scales(dst[rows], piece.scales[rows], piece.group)
+    zeros = None if piece.zeros is None else piece.zeros[rows]
+    apply_scales(dst[rows], piece.scales[rows], piece.group, zeros)
 
 
 def _on_row_halves(fn: Callable[[slice], None], rows: int, size: int) -> None:

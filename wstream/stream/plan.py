@@ -18,7 +18,7 @@ import numpy as np
 from wstream.errors import InputError
 from wstream.format.chunk import widens
 from wstream.format.manifest import ChunkEntry, TensorEntry
-from wstream.format.spec import TENSOR_ALIGNMENT, align_up
+from wstream.format.spec import TENSOR_ALIGNMENT, QuantScheme, align_up
 from wstream.stream.pool import SlabPool
 
 PAGE = mmap.PAGESIZE
@@ -32,10 +32,11 @@ class Widen(enum.StrEnum):
     - ``FLOAT32``: every float widened to float32 by the workers, quantized pieces dequantized.
     - ``DEQUANTIZE``: quantized pieces as float32, every other piece as stored (zero-copy for raw
       chunks).
-    - ``QUANTIZED``: every piece as stored, a quantized one as its int8 values and scales
-      (:class:`~wstream.format.quant.QuantPiece`; zero-copy for raw chunks): what the forward
-      wants, since it widens bf16 and int8 piece by piece while the piece is in cache, and
-      applies INT8 scales where they cost least (``bench/quant_kernels.py``).
+    - ``QUANTIZED``: every piece as stored, a quantized one as its int8 values (or packed uint4
+      bytes and zero points) and scales (:class:`~wstream.format.quant.QuantPiece`; zero-copy
+      for raw chunks): what the forward wants, since it widens bf16 and int8 piece by piece
+      while the piece is in cache, and applies scales where they cost least
+      (``bench/quant_kernels.py``).
     """
 
     STORED = "stored"
@@ -53,12 +54,18 @@ class Widen(enum.StrEnum):
 
 
 DEFAULT_WIDEN = Widen.STORED  # the one default of every API that takes a widen mode
-_INT8 = np.dtype(np.int8)  # the out dtype of a quantized piece handed out as stored
+_INT8 = np.dtype(np.int8)  # the out dtype of an INT8 piece handed out as stored
+_UINT4 = np.dtype(np.uint8)  # ... and of a uint4 piece (its packed bytes)
+
+
+def _quant_dtype(t: TensorEntry) -> np.dtype:
+    assert t.quant is not None
+    return _UINT4 if t.quant.scheme is QuantScheme.UINT4 else _INT8
 
 
 def as_stored(t: TensorEntry, dtype: np.dtype) -> bool:
     """The piece is handed out as it lies in the decoded chunk (no conversion)."""
-    return dtype == _INT8 if t.quant is not None else dtype == t.dtype.numpy
+    return dtype == _quant_dtype(t) if t.quant is not None else dtype == t.dtype.numpy
 
 
 def page_span(chunk: ChunkEntry) -> tuple[int, int]:
@@ -73,7 +80,7 @@ def out_dtype(t: TensorEntry, widen: Widen) -> np.dtype:
     logical = t.dtype.numpy
     if t.quant is not None:
         if widen is Widen.QUANTIZED:
-            return _INT8  # handed out as stored: values and scales
+            return _quant_dtype(t)  # handed out as stored: values, scales (and zero points)
         return np.dtype(np.float32) if widen is not Widen.STORED else logical
     if widen is Widen.FLOAT32 and widens(logical):
         return np.dtype(np.float32)

@@ -8,6 +8,7 @@ read into a slab of the lease first.
 
 from __future__ import annotations
 
+import math
 import mmap
 import sys
 import time
@@ -112,7 +113,8 @@ def load_chunk(
         for t, a, off, dtype in zip(
             chunk.tensors, stored_arrays, plan.out_offsets, plan.out_dtypes
         ):
-            dst = out[off : off + a.size * dtype.itemsize].view(dtype).reshape(a.shape)
+            shape = t.piece_shape  # a uint4 piece's values are packed: not a.shape
+            dst = out[off : off + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
             wchunk.convert_piece(t, decoded, a, dst)
             arrays.append(dst)
         if plan.temp_nbytes:
