@@ -66,6 +66,7 @@ class RemoteOptions:
     concurrency: int = 8  # requests in flight for one read
     part_size: int = 8 * MiB  # a larger range is split; a coalesced request stays within it
     max_gap: int = 64 * 1024  # neighbours this close are fetched in one request
+    small_chunk: int = 1 * MiB  # the loader fetches chunks up to this size with their neighbours
     head_bytes: int = 64 * 1024  # fetched at open: preamble (and small files) without a request
     connect_timeout: float = 5.0  # seconds to connect
     read_timeout: float = 20.0  # seconds any one socket read may wait: a stalled body times out
@@ -76,6 +77,7 @@ class RemoteOptions:
             "concurrency": (1, 256),
             "part_size": (64 * 1024, 1 << 30),
             "max_gap": (0, 64 * MiB),
+            "small_chunk": (0, 1 << 30),
             "head_bytes": (0, 64 * MiB),
         }
         for name, (lo, hi) in limits.items():
