@@ -166,7 +166,7 @@ def main() -> None:
     # directory, removed at the end however the run ends; the object goes with the server's data.
     with tempfile.TemporaryDirectory(prefix="wstream-s3stream-", dir=args.work) as tmp:
         root = Path(tmp)
-        with running_server(root / "weed", volume_size_limit_mb=4096) as server:
+        with running_server(root / "weed") as server:
             os.environ.update(server.environ())
             admin = server.admin_client()
             admin.create_bucket(Bucket=BUCKET)
