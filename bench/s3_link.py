@@ -165,7 +165,8 @@ def main() -> None:
         paths = make_model(root, args.preset, args.decoder_layers, args.vocab)
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         print(f"made {sizes} in {time.perf_counter() - t0:.0f} s", flush=True)
-        with running_server(root / "weed") as server:
+        # small volumes: SeaweedFS grows 7 at a time and refuses writes unless the disk holds them
+        with running_server(root / "weed", volume_size_limit_mb=256) as server:
             base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             os.environ.update(server.environ())
             server.admin_client().create_bucket(Bucket=BUCKET)
