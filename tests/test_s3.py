@@ -112,25 +112,56 @@ def test_options_are_checked() -> None:
 # --- reading -----------------------------------------------------------------------------------
 
 
-def test_open_costs_one_get_and_the_manifest_one_more(
+def test_open_costs_two_parallel_gets_head_and_tail(
     proxy: FaultProxy, blob: tuple[str, bytes]
 ) -> None:
     url, data = blob
+    head, tail_n = RemoteOptions().head_bytes, RemoteOptions().tail_bytes
     with S3Source(url) as src:
         assert (src.size, src.name) == (len(data), url)
         assert src.version.strip('"') and src.mapping() is None
-        assert len(proxy.seen) == 1  # size, version and head bytes from one ranged GET
+        # size, version and head bytes from one ranged GET; the end from a suffix range
+        assert sorted(gets(proxy)) == [f"bytes=-{tail_n}", f"bytes=0-{head - 1}"]
         pre = memoryview(bytearray(64))
         src.read_into(0, pre)  # the preamble: already here
-        assert len(proxy.seen) == 1 and bytes(pre) == data[:64]
-        tail = memoryview(bytearray(5000))
-        src.read_into(len(data) - 5000, tail)  # the manifest at the end: one more
-        assert bytes(tail) == data[-5000:]
-        assert gets(proxy) == ["bytes=0-65535", f"bytes={len(data) - 5000}-{len(data) - 1}"]
+        end = memoryview(bytearray(5000))
+        src.read_into(len(data) - 5000, end)  # the manifest at the end: already here too
+        across = memoryview(bytearray(tail_n + 10))
+        src.read_into(len(data) - tail_n - 10, across)  # 10 bytes before the tail: one GET
+        assert bytes(pre) == data[:64] and bytes(end) == data[-5000:]
+        assert bytes(across) == data[-tail_n - 10 :]
+        start = len(data) - tail_n - 10
+        assert gets(proxy)[2:] == [f"bytes={start}-{start + 9}"]
         assert all(s.method == "GET" for s in proxy.seen)
-        for offset in range(100_000, 1_000_000, 100_000):  # one after another: one connection
-            src.read_into(offset, tail)
-        assert proxy.connections == 1
+    before = proxy.connections
+    with S3Source(url, RemoteOptions(tail_bytes=0)) as src:
+        assert gets(proxy)[3:] == [f"bytes=0-{head - 1}"]  # no tail asked for
+        inner = memoryview(bytearray(5000))
+        for offset in range(300_000, 1_200_000, 100_000):  # one after another: one connection
+            src.read_into(offset, inner)
+            assert bytes(inner) == data[offset : offset + 5000]
+        assert proxy.connections == before + 1
+
+
+def test_a_failed_or_foreign_tail_is_not_used(
+    s3_admin: Any, proxy: FaultProxy, blob: tuple[str, bytes]
+) -> None:
+    """The tail is best effort: a failed suffix GET costs the open nothing (the end is read
+    later, with If-Match); one of another version or size is never kept."""
+    url, data = blob
+    proxy.match = lambda seen: seen.headers.get("range", "").startswith("bytes=-")
+    proxy.fail(1, status=500, code="InternalError")
+    with S3Source(url, FAST) as src:
+        assert src._tail == b""
+        end = memoryview(bytearray(100))
+        src.read_into(len(data) - 100, end)
+        assert bytes(end) == data[-100:]
+        assert gets(proxy)[-1] == f"bytes={len(data) - 100}-{len(data) - 1}"
+        src._adopt_tail((len(data) - 10, len(data), '"another-etag"', b"x" * 10))
+        src._adopt_tail((len(data) - 10, len(data) + 1, src.version, b"x" * 10))
+        assert src._tail == b""
+        src._adopt_tail((len(data) - 10, len(data), src.version, data[-10:]))
+        assert src._tail == data[-10:]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +252,7 @@ def test_transient_faults_are_retried_to_identical_bytes(
         src.read_into(500_000, out)
     assert bytes(out) == data[500_000:700_000]
     faulted = [s.fault for s in proxy.seen if s.fault]
-    assert faulted and len(gets(proxy)) == 2 + len(faulted)  # open + one good try + the faults
+    assert faulted and len(gets(proxy)) == 3 + len(faulted)  # open (2) + a good try + the faults
 
 
 @pytest.mark.parametrize(
@@ -271,23 +302,23 @@ def test_missing_objects_and_buckets_are_named_errors_without_retries(
         S3Source(f"s3://{BUCKET}/nope.wst", FAST)
     with pytest.raises(E.ObjectNotFound, match="no-such-bucket"):
         S3Source("s3://no-such-bucket/x.wst", FAST)
-    assert len(proxy.seen) == 2
+    assert len(proxy.seen) == 4  # head and tail GETs of each open, no retry
 
 
 def test_an_object_replaced_between_reads_is_object_changed(s3_admin: Any) -> None:
-    first = os.urandom(300_000)
+    first = os.urandom(1_000_000)  # read at 400 KB: past the head and the tail of the open
     url = put(s3_admin, "replaced.bin", first)
     with S3Source(url) as src:
         out = memoryview(bytearray(1000))
-        src.read_into(100_000, out)
-        assert bytes(out) == first[100_000:101_000]
-        put(s3_admin, "replaced.bin", os.urandom(300_000))  # same size, other bytes
-        with pytest.raises(E.ObjectChanged, match=r"replaced\.bin: bytes 100000-100999"):
-            src.read_into(100_000, out)
+        src.read_into(400_000, out)
+        assert bytes(out) == first[400_000:401_000]
+        put(s3_admin, "replaced.bin", os.urandom(1_000_000))  # same size, other bytes
+        with pytest.raises(E.ObjectChanged, match=r"replaced\.bin: bytes 400000-400999"):
+            src.read_into(400_000, out)
         put(s3_admin, "replaced.bin", first[:1000])  # even the old ETag would not fit the size
         with pytest.raises(E.ObjectChanged):
-            src.read_into(100_000, out)
-    assert bytes(out) == first[100_000:101_000]  # never a mix: the buffer kept the old bytes
+            src.read_into(400_000, out)
+    assert bytes(out) == first[400_000:401_000]  # never a mix: the buffer kept the old bytes
 
 
 def remote_threads() -> list[threading.Thread]:
@@ -358,15 +389,15 @@ def test_http_source_reads_a_presigned_url(s3_admin: Any, blob: tuple[str, bytes
 
 
 def test_http_source_detects_a_replaced_object(s3_admin: Any) -> None:
-    key_url = put(s3_admin, "http-replaced.bin", os.urandom(200_000))
+    key_url = put(s3_admin, "http-replaced.bin", os.urandom(1_000_000))
     key = key_url.rsplit("/", 1)[1]
     url = s3_admin.generate_presigned_url(
         "get_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=600
     )
     with HttpSource(url, FAST) as src:
-        put(s3_admin, key, os.urandom(200_000))
-        with pytest.raises(E.ObjectChanged):
-            src.read_into(100_000, memoryview(bytearray(10)))
+        put(s3_admin, key, os.urandom(1_000_000))
+        with pytest.raises(E.ObjectChanged):  # past the bytes the open fetched
+            src.read_into(400_000, memoryview(bytearray(10)))
 
 
 def test_sources_keep_no_aws_state_from_the_environment_beyond_the_standard(

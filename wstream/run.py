@@ -176,6 +176,7 @@ def loader_figures(loader: StreamingLoader) -> dict[str, Any]:
         "resident_bytes": loader.resident_bytes,
         "chunks_streamed": s.chunks - s.resident_hits,
         "resident_hits": s.resident_hits,
+        "chunks_coalesced": s.coalesced,  # fetched in the request of the chunk before them
         "bytes_read_per_decode_step": (
             round(sum(h.bytes_read for h in decode_steps) / len(decode_steps))
             if decode_steps

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -25,12 +25,21 @@ from wstream import errors as E
 from wstream.container.cache import ChunkCache, ChunkKey
 from wstream.container.header import read_header
 from wstream.container.open import open_source
-from wstream.container.remote import RemoteOptions
+from wstream.container.remote import RemoteOptions, RemoteSource
 from wstream.container.scoped import Scoped
 from wstream.container.source import ByteSource, LocalFile
 from wstream.format import chunk as wchunk
 from wstream.format.files import decode_file, parse_json
 from wstream.format.manifest import ChunkEntry, FileEntry, TensorEntry
+
+
+class Coalescing(NamedTuple):
+    """Which neighbouring chunks one request may fetch: gaps of at most ``max_gap`` bytes, a
+    span of at most ``max_span``, and chunks of at most ``small_chunk`` stored bytes each."""
+
+    max_gap: int
+    max_span: int
+    small_chunk: int
 
 
 def _place(out: np.ndarray, entry: TensorEntry, raw: np.ndarray) -> None:
@@ -122,6 +131,35 @@ class Container(Scoped):
         self.source.read_into(chunk.offset, out)
         wchunk.check_crc(chunk, out)  # never store bad bytes (put checks again, cheaply)
         self.cache.put(key, out)
+
+    def coalescing(self) -> Coalescing | None:
+        """How neighbouring small chunks may share one request, when the source is remote
+        (None for a local file: a request costs nothing there, and for ``small_chunk=0``)."""
+        source = self.source
+        if not isinstance(source, RemoteSource) or not source.options.small_chunk:
+            return None
+        o = source.options
+        return Coalescing(o.max_gap, o.part_size, min(o.small_chunk, o.part_size))
+
+    def read_stored_many_into(self, parts: Sequence[tuple[ChunkEntry, memoryview]]) -> None:
+        """:meth:`read_stored_into` for several chunks at once: cache hits from the cache, the
+        misses in as few requests as their layout allows (neighbours coalesced by the source,
+        bytes scattered straight into each ``out``), each miss checked and stored."""
+        if not isinstance(self.source, RemoteSource):
+            for chunk, out in parts:
+                self.read_stored_into(chunk, out)
+            return
+        cache = self.cache
+        missing = [
+            (c, out)
+            for c, out in parts
+            if cache is None or not cache.get_into(self.cache_key(c), out)
+        ]
+        self.source.read_ranges_into([(c.offset, out) for c, out in missing])
+        if cache is not None:
+            for chunk, out in missing:
+                wchunk.check_crc(chunk, out)
+                cache.put(self.cache_key(chunk), out)
 
     def cache_key(self, chunk: ChunkEntry) -> ChunkKey:
         """What names a chunk's bytes in a cache: source, its version, and the chunk itself."""

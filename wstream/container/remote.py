@@ -13,7 +13,9 @@ its body into a list of buffers; :class:`RemoteSource` turns that into the ByteS
   connections, short bodies) with exponential backoff and full jitter, bounded both in attempts
   and in total seconds; past the bound, a named :class:`~wstream.errors.RemoteError`;
 - the first ``head_bytes`` are fetched when the source opens (that one GET also tells the size
-  and the version), so reading the preamble costs no request: open + manifest = two GETs.
+  and the version), so reading the preamble costs no request: open + manifest = two GETs; a
+  source may also fetch the last ``tail_bytes`` at open, in parallel (S3: a suffix range), so
+  the manifest at the end costs no request either.
 
 Closing stops retries, fails queued work, and joins every thread.
 """
@@ -66,7 +68,12 @@ class RemoteOptions:
     concurrency: int = 8  # requests in flight for one read
     part_size: int = 8 * MiB  # a larger range is split; a coalesced request stays within it
     max_gap: int = 64 * 1024  # neighbours this close are fetched in one request
-    head_bytes: int = 64 * 1024  # fetched at open: preamble (and small files) without a request
+    small_chunk: int = 1 * MiB  # the loader fetches chunks up to this size with their neighbours
+    # Fetched at open, in parallel: the first bytes (preamble, and a small first chunk) and the
+    # last (the manifest, which a container keeps at its end), so that opening and the first
+    # chunk cost one round trip; both are a few ms of transfer even at 100 MB/s.
+    head_bytes: int = 256 * 1024
+    tail_bytes: int = 256 * 1024  # 0: no speculative read of the end (S3 only)
     connect_timeout: float = 5.0  # seconds to connect
     read_timeout: float = 20.0  # seconds any one socket read may wait: a stalled body times out
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -76,7 +83,9 @@ class RemoteOptions:
             "concurrency": (1, 256),
             "part_size": (64 * 1024, 1 << 30),
             "max_gap": (0, 64 * MiB),
+            "small_chunk": (0, 1 << 30),
             "head_bytes": (0, 64 * MiB),
+            "tail_bytes": (0, 64 * MiB),
         }
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
@@ -222,6 +231,7 @@ class RemoteSource(ABC):
         self._size = 0
         self._version = ""
         self._head = b""  # bytes [0, len(_head)) fetched at open
+        self._tail = b""  # bytes [_size - len(_tail), _size) fetched at open (same version)
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
@@ -269,8 +279,14 @@ class RemoteSource(ABC):
             head = max(0, min(len(out), len(self._head) - offset))
             if head:  # served from the bytes fetched at open
                 out[:head] = self._head[offset : offset + head]
-            if head < len(out):
-                targets.append(Target(offset + head, out[head:]))
+            end = len(out)
+            tail_start = self._size - len(self._tail)
+            if self._tail and offset + end > tail_start:  # the end, also fetched at open
+                cut = max(head, tail_start - offset)
+                out[cut:] = self._tail[offset + cut - tail_start : offset + end - tail_start]
+                end = cut
+            if head < end:
+                targets.append(Target(offset + head, out[head:end]))
         requests = coalesce(targets, self.options.max_gap, self.options.part_size)
         if len(requests) == 1:
             self._fetch(requests[0])

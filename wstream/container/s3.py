@@ -7,11 +7,14 @@ Endpoint, region and credentials come only from where every AWS tool looks: the 
 botocore resolves and signs; wstream adds nothing of its own.
 
 Opening makes one ranged GET of the first ``head_bytes``: its Content-Range gives the size, its
-ETag pins the version, its body serves the preamble. Every later GET carries ``If-Match: ETag``,
-and its answer must show the same ETag and total size, so a replaced object is
-:class:`~wstream.errors.ObjectChanged`, never a mix of two versions. botocore's own retries are
-off: :class:`~wstream.container.remote.RemoteSource` retries whole ranges, body included, within
-one bound.
+ETag pins the version, its body serves the preamble (and a small first chunk). A second GET, in
+parallel, takes the last ``tail_bytes`` (a suffix range needs no size), kept only if its ETag
+and size are the head's: the manifest, at the end, then costs no request of its own. Every
+later GET carries ``If-Match: ETag``, and its answer must show the same ETag and total size,
+so a replaced object is :class:`~wstream.errors.ObjectChanged`, never a mix of two versions.
+botocore's own retries are off: :class:`~wstream.container.remote.RemoteSource` retries whole
+ranges, body included, within one bound. Closed sources leave their botocore client to the next
+source opened with the same environment and settings (a new client is a third of an open).
 """
 
 from __future__ import annotations
@@ -75,12 +78,22 @@ def is_s3_url(url: str) -> bool:
 # profile or config file is honoured; botocore reads AWS_ENDPOINT_URL again for every client.
 _sessions: dict[tuple[tuple[str, str], ...], botocore.session.Session] = {}
 _sessions_lock = threading.Lock()
+# Clients that sources have closed, kept for the next source with the same environment and
+# settings: a new client costs 15-40 ms (endpoint resolution, event handlers), a third of an
+# open. A closed client has dropped its connections (so no socket outlives its source) and
+# opens new ones on its next request. Never shared: each source has its own while open.
+_idle: dict[tuple[Any, ...], list[Any]] = {}
+MAX_IDLE = 4  # per key
+
+
+def _environment() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
 
 
 def make_client(options: RemoteOptions, pool_connections: int | None = None) -> Any:
     """A botocore S3 client configured only from the standard AWS places, with our timeouts,
     botocore's retries off (we retry whole ranges), and one pooled connection per worker."""
-    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    env = _environment()
     with _sessions_lock:
         session = _sessions.get(env)
         if session is None:
@@ -95,6 +108,29 @@ def make_client(options: RemoteOptions, pool_connections: int | None = None) -> 
                 tcp_keepalive=True,
             ),
         )
+
+
+def _client_key(options: RemoteOptions) -> tuple[Any, ...]:
+    return (_environment(), options.connect_timeout, options.read_timeout, options.concurrency)
+
+
+def acquire_client(options: RemoteOptions) -> tuple[tuple[Any, ...], Any]:
+    """(key, client): an idle client made for the same environment and settings, or a new one."""
+    key = _client_key(options)
+    with _sessions_lock:
+        idle = _idle.get(key)
+        if idle:
+            return key, idle.pop()
+    return key, make_client(options)
+
+
+def release_client(key: tuple[Any, ...], client: Any) -> None:
+    """Close the client's connections and keep it for reuse (a few per key at most)."""
+    client.close()
+    with _sessions_lock:
+        idle = _idle.setdefault(key, [])
+        if len(idle) < MAX_IDLE:
+            idle.append(client)
 
 
 def classify(exc: Exception, what: str) -> Exception:
@@ -131,12 +167,46 @@ class S3Source(RemoteSource):
         self.url = parse_s3_url(url)
         super().__init__(str(self.url), options or RemoteOptions())
         self._etag = ""
-        self._client = make_client(self.options)
+        self._client_key, self._client = acquire_client(self.options)
         try:
+            tail = self._executor().submit(self._get_tail) if self.options.tail_bytes else None
             self._retry(f"{self._name}: open", self._open)
+            if tail is not None:
+                self._adopt_tail(tail.result())
         except BaseException:
-            self._release()
+            self.close()
             raise
+
+    def _get_tail(self) -> tuple[int, int, str, bytes] | None:
+        """The last ``tail_bytes`` (a suffix range, which needs no size), fetched while the head
+        is: (start, total, etag, data), or None on any failure (the end is then read later,
+        like any range, by requests that are retried)."""
+        n = self.options.tail_bytes
+        try:
+            resp = self._client.get_object(
+                Bucket=self.url.bucket, Key=self.url.key, Range=f"bytes=-{n}"
+            )
+        except Exception:
+            return None
+        body = resp["Body"]
+        try:
+            length = int(resp["ContentLength"])
+            if length > n or "ContentRange" not in resp:
+                return None  # the range was ignored: never read a whole object here
+            start, end, total = parse_content_range(resp["ContentRange"], self._name)
+            data = body.read(length)
+            if total is None or end != total or len(data) != end - start:
+                return None
+            return start, total, str(resp["ETag"]), data
+        except Exception:
+            return None
+        finally:
+            body.close()
+
+    def _adopt_tail(self, tail: tuple[int, int, str, bytes] | None) -> None:
+        """Keep the tail only if it is of the version and size the head pinned."""
+        if tail is not None and tail[1] == self._size and tail[2] == self._etag:
+            self._tail = tail[3]
 
     def _open(self) -> None:
         what = f"{self._name}: open"
@@ -216,7 +286,9 @@ class S3Source(RemoteSource):
                 body.close()  # drop the connection: its body is not fully read
 
     def _release(self) -> None:
-        self._client.close()
+        client, self._client = self._client, None  # once: a client is never kept twice
+        if client is not None:
+            release_client(self._client_key, client)
 
 
 class _EmptyRange(Exception):

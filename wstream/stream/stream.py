@@ -6,7 +6,9 @@ as the budget allows. Workers verify the stored bytes' CRC, decode straight into
 (zstd releases the GIL, so two workers really run in parallel) and, for the forward pass, widen
 bf16/f16 to float32. Raw chunks that need no widening are served zero-copy from the container's
 map; ``MADV_WILLNEED`` is issued for a chunk when it is scheduled and ``MADV_DONTNEED`` when it is
-released, so mapped pages do not pile up in RSS.
+released, so mapped pages do not pile up in RSS. From a remote source, small chunks that follow
+one another in the file are fetched by one request (:meth:`ChunkStream._neighbours`), each into
+its own lease's slab, and still checked and decoded one by one on the workers.
 
 A worker's error reaches the consumer at that chunk, as a :class:`~wstream.errors.WStreamError`
 naming it. Closing the stream (leaving the loop early, an exception in the consumer, or the end)
@@ -26,7 +28,7 @@ from wstream.container.reader import Container
 from wstream.format.chunk import Stored
 from wstream.stream.plan import LoadPlan
 from wstream.stream.pool import Lease, SlabPool
-from wstream.stream.worker import Loaded, StoredReader, load_chunk
+from wstream.stream.worker import CoalescedRead, Loaded, StoredReader, load_chunk, stored_view
 
 
 @dataclass
@@ -41,7 +43,8 @@ class StreamStats:
     stall_seconds: float = 0.0  # consumer time spent waiting for a chunk
     read_seconds: float = 0.0  # worker time reading + checksumming
     decode_seconds: float = 0.0  # worker time decoding + widening
-    max_ahead: int = 0  # most chunks in flight ahead of the consumer (never above k)
+    max_ahead: int = 0  # most chunks in flight ahead (k, plus small neighbours coalesced)
+    coalesced: int = 0  # chunks fetched in the same request as the chunk before them
 
     def add(self, other: StreamStats) -> None:
         for f in self.__dataclass_fields__:
@@ -128,6 +131,7 @@ class ChunkStream(Iterator[StreamChunk]):
         self._resident = resident
         self._keep = keep  # told a loaded chunk's bytes, decides whether it joins the resident set
         self._stored = stored
+        self._coalescing = container.coalescing()
         self._executor: ThreadPoolExecutor | None = ThreadPoolExecutor(
             max_workers=max(1, workers), thread_name_prefix="wstream-prefetch"
         )
@@ -222,22 +226,65 @@ class ChunkStream(Iterator[StreamChunk]):
                 return
             if plan.mapped:
                 self.container.advise(plan.chunk, mmap.MADV_WILLNEED)
+            members = [(i, plan, lease)]
+            if ahead:  # the first chunk alone: its request carries nothing it does not need
+                members += self._neighbours(i, plan)
+            batch = None
+            if len(members) > 1:
+                batch = CoalescedRead(
+                    self.container, [(p.chunk, stored_view(p, le)) for _, p, le in members]
+                )
             assert self._executor is not None
-            self._leases[i] = lease
-            self._futures[i] = self._executor.submit(
-                load_chunk,
-                self.container,
-                plan,
-                lease,
-                self.pool,
-                verify=self.verify,
-                stored=self._stored,
-                # Split one chunk's frames over two threads only when it is the only work in
-                # flight (the first chunk, or prefetch 0); otherwise workers already fill the
-                # cores and a third thread only adds switching.
-                helper=self._helper if i == self._next_yield else None,
-            )
-            self._next_submit += 1
+            for j, p, le in members:
+                self._leases[j] = le
+                self._futures[j] = self._executor.submit(
+                    load_chunk,
+                    self.container,
+                    p,
+                    le,
+                    self.pool,
+                    verify=self.verify,
+                    stored=self._stored if batch is None else batch,
+                    # Split one chunk's frames over two threads only when it is the only work
+                    # in flight (the first chunk, or prefetch 0); otherwise workers already
+                    # fill the cores and a third thread only adds switching.
+                    helper=self._helper if j == self._next_yield else None,
+                )
+            self._next_submit = members[-1][0] + 1
+            self.stats.coalesced += len(members) - 1
+
+    def _neighbours(self, i: int, plan: LoadPlan) -> list[tuple[int, LoadPlan, Lease]]:
+        """Small chunks after ``i`` in the order that lie right after it in the source, to be
+        fetched by the same request (remote sources only): while each is small, the gap before
+        it small, the whole span within the request limit, and its lease fits the budget now.
+        They may reach past the prefetch window: they cost one request, not one each."""
+        rule = self._coalescing
+        first = plan.chunk
+        if rule is None or self._stored is not None or first.nbytes > rule.small_chunk:
+            return []
+        out: list[tuple[int, LoadPlan, Lease]] = []
+        end = first.offset + first.nbytes
+        try:
+            for j in range(i + 1, len(self.order)):
+                p = self._planner(self.order[j])
+                c = p.chunk
+                if (
+                    c.name in self._resident
+                    or c.nbytes > rule.small_chunk
+                    or not 0 <= c.offset - end <= rule.max_gap
+                    or c.offset + c.nbytes - first.offset > rule.max_span
+                ):
+                    break
+                lease = self.pool.acquire(*p.sizes, mapped=p.mapped, block=False)
+                if lease is None:
+                    break
+                out.append((j, p, lease))
+                end = c.offset + c.nbytes
+        except BaseException:
+            for _, _, lease in out:
+                lease.release()
+            raise
+        return out
 
     def __next__(self) -> StreamChunk:
         if self._closed or self._next_yield >= len(self.order):

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import mmap
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -60,18 +61,57 @@ class Loaded:
     decode_seconds: float = 0.0
 
 
-def _read_stored(container: Container, plan: LoadPlan, lease: Lease) -> memoryview:
-    """The chunk's stored bytes: a view of the map, or read into the lease's slab for them
-    (slab 2 for compressed chunks; for raw ones, straight into the slab they are decoded into)."""
-    if plan.mapped_source:
-        return container.stored(plan.chunk)
+def stored_view(plan: LoadPlan, lease: Lease) -> memoryview:
+    """Where a source without a map puts the chunk's stored bytes: slab 2 for compressed chunks;
+    for raw ones, the slab they are handed out (or converted) from, so they are read once."""
     if plan.read_nbytes:
         slab = lease.array(2)
     else:
         slab = lease.array(1) if plan.temp_nbytes else lease.array(0)
-    view = slab.data[: plan.chunk.nbytes]
+    return slab.data[: plan.chunk.nbytes]
+
+
+def _read_stored(container: Container, plan: LoadPlan, lease: Lease) -> memoryview:
+    """The chunk's stored bytes: a view of the map, or read into the lease's slab for them."""
+    if plan.mapped_source:
+        return container.stored(plan.chunk)
+    view = stored_view(plan, lease)
     container.read_stored_into(plan.chunk, view)
     return view
+
+
+class CoalescedRead:
+    """The stored bytes of neighbouring chunks, fetched by one request into their own slabs.
+
+    Each chunk's worker calls it (as the ``stored`` reader of :func:`load_chunk`): the first
+    call makes the one read for all of them, the others wait for it, then each worker checks
+    and decodes its own chunk, so decoding stays parallel. A failed read is every member's
+    error. Each view is handed out once (so no reference outlives its lease)."""
+
+    def __init__(self, container: Container, parts: Sequence[tuple[ChunkEntry, memoryview]]):
+        self._container = container
+        self._parts = list(parts)
+        self._views = {chunk.name: view for chunk, view in self._parts}
+        self._lock = threading.Lock()
+        self._done = False
+        self._error: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def __call__(self, chunk: ChunkEntry) -> memoryview:
+        with self._lock:
+            if not self._done:
+                try:
+                    self._container.read_stored_many_into(self._parts)
+                except BaseException as exc:
+                    self._error = exc
+                finally:
+                    self._done = True
+                    self._parts = []
+            if self._error is not None:
+                raise self._error
+            return self._views.pop(chunk.name)
 
 
 def load_chunk(
