@@ -26,26 +26,12 @@ from wstream.container.remote import (
     Retryable,
     parse_content_range,
     scatter,
+    status_error,
 )
 
 
 def is_http_url(url: str) -> bool:
     return url.startswith(("https://", "http://"))
-
-
-def _status_error(status: int, what: str) -> Exception:
-    detail = f"HTTP {status}"
-    if status == 412:
-        return E.ObjectChanged(f"{what}: object changed since it was opened ({detail})")
-    if status == 404:
-        return E.ObjectNotFound(f"{what}: not found ({detail})")
-    if status in (401, 403):
-        return E.AccessDenied(f"{what}: access denied ({detail})")
-    if status == 416:
-        return E.RangeError(f"{what}: range not satisfiable ({detail})")
-    if status >= 500 or status in (408, 429):
-        return Retryable(E.RemoteUnavailable, detail)
-    return E.RemoteError(f"{what}: {detail}")
 
 
 def _transport_error(exc: HTTPError) -> Retryable:
@@ -91,7 +77,7 @@ class HttpSource(RemoteSource):
                 resp.close()  # the whole resource is coming: do not read it
                 raise E.RangeError(f"{what}: server answered 200, it does not serve byte ranges")
             resp.drain_conn()  # error bodies are small; the connection stays usable
-            raise _status_error(resp.status, what)
+            raise status_error(resp.status, what, f"HTTP {resp.status}")
         return resp
 
     def _open(self) -> None:

@@ -119,6 +119,23 @@ class Request(NamedTuple):
     targets: tuple[Target, ...]
 
 
+def status_error(status: int, what: str, detail: str, retry: bool = False) -> Exception:
+    """An HTTP error status -> Retryable (worth another try) or a named RemoteError; one
+    mapping for every client. ``retry`` marks what the client knows to be transient beyond the
+    status (S3's SlowDown and RequestTimeout codes)."""
+    if status == 412:
+        return E.ObjectChanged(f"{what}: object changed since it was opened ({detail})")
+    if status == 404:
+        return E.ObjectNotFound(f"{what}: not found ({detail})")
+    if status in (401, 403):
+        return E.AccessDenied(f"{what}: access denied ({detail})")
+    if status == 416:
+        return E.RangeError(f"{what}: range not satisfiable ({detail})")
+    if status >= 500 or status in (408, 429) or retry:
+        return Retryable(E.RemoteUnavailable, detail)
+    return E.RemoteError(f"{what}: {detail}")
+
+
 def split(offset: int, out: memoryview, part: int) -> list[Request]:
     """Sub-ranges of at most ``part`` bytes, each filling its own slice of ``out``."""
     return [

@@ -42,6 +42,7 @@ from wstream.container.remote import (
     Retryable,
     parse_content_range,
     scatter,
+    status_error,
 )
 
 SCHEME = "s3://"
@@ -139,18 +140,8 @@ def classify(exc: Exception, what: str) -> Exception:
         meta = exc.response.get("ResponseMetadata", {})
         status = int(meta.get("HTTPStatusCode", 0))
         code = exc.response.get("Error", {}).get("Code", "?")
-        detail = f"HTTP {status} {code}"
-        if status == 412:
-            return E.ObjectChanged(f"{what}: object changed since it was opened ({detail})")
-        if status == 404:
-            return E.ObjectNotFound(f"{what}: not found ({detail})")
-        if status in (401, 403):
-            return E.AccessDenied(f"{what}: access denied ({detail})")
-        if status == 416:
-            return E.RangeError(f"{what}: range not satisfiable ({detail})")
-        if status >= 500 or status in (408, 429) or code in ("SlowDown", "RequestTimeout"):
-            return Retryable(E.RemoteUnavailable, detail)
-        return E.RemoteError(f"{what}: {detail}")
+        transient = code in ("SlowDown", "RequestTimeout")
+        return status_error(status, what, f"HTTP {status} {code}", retry=transient)
     if isinstance(exc, ReadTimeoutError | ConnectTimeoutError):
         return Retryable(E.RemoteTimeout, f"timed out ({exc})")
     if isinstance(exc, ResponseStreamingError | IncompleteReadError):
