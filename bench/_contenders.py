@@ -334,8 +334,9 @@ def run(kind: str, args: dict[str, Any]) -> dict[str, Any]:
     elif kind == "layers":
         source = PerLayerWeights(config, data / "layers")
     elif kind == "wstream":
-        container = Container(data / args["container"])
-        # Exactly what `wstream run --budget B --prefetch K` uses.
+        # Exactly what `wstream run --budget B --prefetch K` uses; ``mapped`` the zero-copy map
+        # instead of the pread default (bench/results/MAPPING.md).
+        container = Container(data / args["container"], mapped=args.get("mapped", False))
         source = make_weights(container, args["budget"], args["prefetch"])
     else:
         raise ValueError(f"unknown contender kind {kind!r}")

@@ -61,13 +61,13 @@ class Contender:
 
 
 def contenders(budget: int) -> list[Contender]:
-    def ws(key: str, label: str, container: str, k: int) -> Contender:
+    def ws(key: str, label: str, container: str, k: int, mapped: bool = False) -> Contender:
         return Contender(
             key,
             label,
             "wstream",
             (container,),
-            {"container": container, "budget": budget, "prefetch": k},
+            {"container": container, "budget": budget, "prefetch": k, "mapped": mapped},
         )
 
     return [
@@ -78,6 +78,7 @@ def contenders(budget: int) -> list[Contender]:
         ws("e-k0", "wstream raw, k=0", "raw.wst", 0),
         ws("e-k1", "wstream raw, k=1", "raw.wst", 1),
         ws("e-k2", "wstream raw, k=2", "raw.wst", 2),
+        ws("e-k2m", "wstream raw, k=2, mapped (no pread copy)", "raw.wst", 2, mapped=True),
         ws("f", "wstream zstd+bytegroup, k=2", "zstd.wst", 2),
         ws("g", "wstream INT8, k=2", "int8.wst", 2),
     ]
