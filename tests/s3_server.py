@@ -218,7 +218,9 @@ def running_server(root: Path, volume_size_limit_mb: int = 1024) -> Iterator[S3S
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with running_server(tmp_path_factory.mktemp("weed")) as server:
+    # Small volumes: SeaweedFS grows 7 at a time and answers HTTP 500 to uploads when the disk
+    # cannot hold them (7 x 1 GiB by default); the suite's objects are a few MB each.
+    with running_server(tmp_path_factory.mktemp("weed"), volume_size_limit_mb=64) as server:
         with pytest.MonkeyPatch.context() as mp:
             for name in [k for k in os.environ if k.startswith("AWS_")]:
                 mp.delenv(name)  # only the server's settings, never a developer's own
