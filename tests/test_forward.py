@@ -74,6 +74,19 @@ def containers(
     }
 
 
+def pack_quantized(
+    checkpoints: dict[str, Path], root: Path, scheme: str
+) -> dict[tuple[str, str], Path]:
+    """Every test model packed with ``--quantize scheme``, raw in small chunks and zstd in one."""
+    out = {}
+    for name in CASES:
+        for codec, chunk in (("raw", 64 * 1024), ("zstd", 32 << 20)):
+            path = root / f"{name}-{codec}.wst"
+            pack(checkpoints[name], path, codec=codec, quantize=scheme, max_chunk=chunk)
+            out[name, codec] = path
+    return out
+
+
 def run_case(
     path: Path, case: GoldenCase, source_type: type = EagerWeights, **source_args: object
 ) -> tuple[Generation, RecordingSource]:

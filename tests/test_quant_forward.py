@@ -13,12 +13,17 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_forward import CASES, checkpoints, rel_err, run_case  # noqa: F401 (fixture)
+from test_forward import (  # noqa: F401 (fixture)
+    CASES,
+    checkpoints,
+    pack_quantized,
+    rel_err,
+    run_case,
+)
 
 from wstream.container.reader import Container
 from wstream.format.quant import QuantBlock, QuantPiece, dequantize_int8, n_groups, quantize_int8
 from wstream.model.blockwise import PARTIAL_MAX_ROWS, matmul_t
-from wstream.pack import pack
 from wstream.stream.loader import EagerWeights, StreamingLoader
 from wstream.stream.plan import Widen
 from wstream.stream.testing import InstrumentedLoader
@@ -74,14 +79,7 @@ def int8_containers(
     checkpoints: dict[str, Path],  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("int8")
-    out = {}
-    for name in CASES:
-        for codec, chunk in (("raw", 64 * 1024), ("zstd", 32 << 20)):
-            path = root / f"{name}-{codec}.wst"
-            pack(checkpoints[name], path, codec=codec, quantize="int8", max_chunk=chunk)
-            out[name, codec] = path
-    return out
+    return pack_quantized(checkpoints, tmp_path_factory.mktemp("int8"), "int8")
 
 
 def test_loader_hands_out_quantized_pieces_as_stored(

@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_forward import CASES, checkpoints, rel_err, run_case  # noqa: F401 (fixture)
+from test_forward import (  # noqa: F401 (fixture)
+    CASES,
+    checkpoints,
+    pack_quantized,
+    rel_err,
+    run_case,
+)
 
 from wstream import errors as E
 from wstream.container.reader import Container
@@ -23,7 +29,6 @@ from wstream.format.quant import QuantPiece, apply_scales, n_groups
 from wstream.format.uint4 import packed_cols, quantize_uint4, unpack_uint4
 from wstream.model.blockwise import matmul_t
 from wstream.model.uint4_kernel import PARTIAL_MAX_ROWS
-from wstream.pack import pack
 from wstream.stream.loader import EagerWeights, StreamingLoader
 from wstream.stream.plan import Widen
 from wstream.stream.testing import InstrumentedLoader
@@ -168,14 +173,7 @@ def uint4_containers(
     checkpoints: dict[str, Path],  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[tuple[str, str], Path]:
-    root = tmp_path_factory.mktemp("uint4")
-    out = {}
-    for name in CASES:
-        for codec, chunk in (("raw", 64 * 1024), ("zstd", 32 << 20)):
-            path = root / f"{name}-{codec}.wst"
-            pack(checkpoints[name], path, codec=codec, quantize="uint4", max_chunk=chunk)
-            out[name, codec] = path
-    return out
+    return pack_quantized(checkpoints, tmp_path_factory.mktemp("uint4"), "uint4")
 
 
 def test_reader_and_loader_dequantize_alike(uint4_containers: dict[tuple[str, str], Path]) -> None:
