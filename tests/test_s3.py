@@ -203,7 +203,9 @@ def test_a_large_range_is_fetched_as_parallel_sub_ranges(
     assert bytes(out) == data[1000 : 1000 + 3 * MiB]
     starts = sorted(int(r.split("=")[1].split("-")[0]) for r in gets(proxy))
     assert starts == [1000 + i * 256 * KiB for i in range(12)]
-    assert elapsed < 12 * 0.2 * 0.6, f"{elapsed:.2f} s: the sub-ranges did not overlap"
+    # One at a time takes at least 12 x 0.2 s; any overlap is well below it. The margin is wide
+    # because the proxy and the client share two cores with the rest of the suite (1.72 s seen).
+    assert elapsed < 12 * 0.2 * 0.9, f"{elapsed:.2f} s: the sub-ranges did not overlap"
 
 
 def test_small_neighbours_are_coalesced_into_one_request(
