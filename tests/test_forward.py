@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import tracemalloc
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -85,6 +87,42 @@ def pack_quantized(
             pack(checkpoints[name], path, codec=codec, quantize=scheme, max_chunk=chunk)
             out[name, codec] = path
     return out
+
+
+def check_quantized_streaming(
+    path: Path,
+    case: Any,
+    budgets: Sequence[tuple[int, int | None]],
+    max_rel: float,
+    min_cosine: float,
+) -> Any:
+    """A quantized container handed to the forward as stored: streamed at each (prefetch,
+    budget) (0: the smallest that fits; None: no budget) with poisoned slabs is bit-identical
+    to eager with the same pieces; the eager run is within ``max_rel`` of the float32
+    dequantized one and ``min_cosine`` of the golden logits. Returns the eager result."""
+    eager, _ = run_case(path, case, EagerWeights, keep_quantized=True)
+    with Container(path) as c:
+        with StreamingLoader(c, widen=Widen.QUANTIZED) as probe:
+            smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
+    for k, budget in ((k, smallest if b == 0 else b) for k, b in budgets):
+        streamed, _ = run_case(
+            path,
+            case,
+            InstrumentedLoader,
+            budget=budget,
+            prefetch=k,
+            poison=True,
+            widen=Widen.QUANTIZED,
+        )
+        assert np.array_equal(streamed.logits, eager.logits), (k, budget)
+        assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
+        assert streamed.tokens == eager.tokens
+    dequantized, _ = run_case(path, case)  # dequantized to float32 up front
+    assert rel_err(eager.logits, dequantized.logits) <= max_rel  # summation order only
+    a, b = case.logits.reshape(-1).astype(np.float64), eager.logits.reshape(-1).astype(np.float64)
+    cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    assert cosine >= min_cosine, cosine
+    return eager
 
 
 def run_case(

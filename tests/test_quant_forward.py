@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_forward import (  # noqa: F401 (fixture)
     CASES,
+    check_quantized_streaming,
     checkpoints,
     pack_quantized,
     rel_err,
@@ -24,9 +25,8 @@ from test_forward import (  # noqa: F401 (fixture)
 from wstream.container.reader import Container
 from wstream.format.quant import QuantBlock, QuantPiece, dequantize_int8, n_groups, quantize_int8
 from wstream.model.blockwise import PARTIAL_MAX_ROWS, matmul_t
-from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.loader import StreamingLoader
 from wstream.stream.plan import Widen
-from wstream.stream.testing import InstrumentedLoader
 
 
 def _quantized(rows: int, cols: int, group: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,26 +119,7 @@ def test_quantized_streamed_equals_eager(
     to eager with the same pieces, and close to the float forward (cosine, top-1, greedy)."""
     case = CASES[name]
     path = int8_containers[name, codec]
-    eager, _ = run_case(path, case, EagerWeights, keep_quantized=True)
-    with Container(path) as c:
-        with StreamingLoader(c, widen=Widen.QUANTIZED) as probe:
-            smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
-    for k, budget in ((0, smallest), (2, smallest), (2, None)):
-        streamed, _ = run_case(
-            path,
-            case,
-            InstrumentedLoader,
-            budget=budget,
-            prefetch=k,
-            poison=True,
-            widen=Widen.QUANTIZED,
-        )
-        assert np.array_equal(streamed.logits, eager.logits), (k, budget)
-        assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
-        assert streamed.tokens == eager.tokens
-    dequantized, _ = run_case(path, case)  # dequantized to float32 up front
-    assert rel_err(eager.logits, dequantized.logits) <= 1e-5  # summation order only
-    a, b = case.logits.reshape(-1).astype(np.float64), eager.logits.reshape(-1).astype(np.float64)
-    cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
-    assert cosine >= 0.999, cosine
+    eager = check_quantized_streaming(
+        path, case, ((0, 0), (2, 0), (2, None)), max_rel=1e-5, min_cosine=0.999
+    )
     assert np.argmax(eager.logits[-1]) == np.argmax(case.logits[-1])

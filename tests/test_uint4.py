@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_forward import (  # noqa: F401 (fixture)
     CASES,
+    check_quantized_streaming,
     checkpoints,
     pack_quantized,
     rel_err,
@@ -29,9 +30,8 @@ from wstream.format.quant import QuantPiece, apply_scales, n_groups
 from wstream.format.uint4 import packed_cols, quantize_uint4, unpack_uint4
 from wstream.model.blockwise import matmul_t
 from wstream.model.uint4_kernel import PARTIAL_MAX_ROWS
-from wstream.stream.loader import EagerWeights, StreamingLoader
+from wstream.stream.loader import StreamingLoader
 from wstream.stream.plan import Widen
-from wstream.stream.testing import InstrumentedLoader
 
 
 def _quantized(w: np.ndarray, group: int) -> QuantPiece:
@@ -218,28 +218,7 @@ def test_uint4_streamed_equals_eager(
     bit-identical to eager with the same pieces, and near the float forward."""
     case = CASES[name]
     path = uint4_containers[name, codec]
-    eager, _ = run_case(path, case, EagerWeights, keep_quantized=True)
-    with Container(path) as c:
-        with StreamingLoader(c, widen=Widen.QUANTIZED) as probe:
-            smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
-    for k, budget in ((0, smallest), (2, None)):
-        streamed, _ = run_case(
-            path,
-            case,
-            InstrumentedLoader,
-            budget=budget,
-            prefetch=k,
-            poison=True,
-            widen=Widen.QUANTIZED,
-        )
-        assert np.array_equal(streamed.logits, eager.logits), (k, budget)
-        assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
-        assert streamed.tokens == eager.tokens
-    dequantized, _ = run_case(path, case)  # dequantized to float32 up front
-    assert rel_err(eager.logits, dequantized.logits) <= 1e-4  # summation order only
-    a, b = case.logits.reshape(-1).astype(np.float64), eager.logits.reshape(-1).astype(np.float64)
-    cosine = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
-    assert cosine >= 0.95, cosine  # 4 bits on random weights: a loose floor, measured ~0.99
+    check_quantized_streaming(path, case, ((0, 0), (2, None)), max_rel=1e-4, min_cosine=0.95)
 
 
 def test_a_zero_point_above_15_is_a_named_error(
