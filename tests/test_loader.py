@@ -345,3 +345,33 @@ def test_unverified_zero_copy_chunks_are_mapped_in_by_the_worker(
             assert got == want[chunk.name]
     raw = [n for n in names if container.chunk(n).is_raw]
     assert seen == raw  # every raw (zero-copy) chunk, and only those
+
+
+@pytest.mark.parametrize("where", ["first", "piece-boundary", "second-piece", "last"])
+def test_a_flipped_byte_anywhere_in_a_large_chunk_is_caught_when_read(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default read path checks a chunk's CRC piece by piece as it reads it
+    (Container.read_checked_into): a flipped byte in any piece, or on a piece's edge, is caught."""
+    from wstream.container import reader
+
+    monkeypatch.setattr(reader, "CHECK_PIECE", 4096)  # several pieces per chunk
+    w = np.arange(64 * 1000, dtype=np.float32).reshape(64, 1000)  # one 256 KB chunk
+    save_file({"layers.0.w": w}, str(tmp_path / "m.safetensors"))
+    pack(tmp_path / "m.safetensors", tmp_path / "m.wst")
+    with Container(tmp_path / "m.wst") as c:
+        chunk = c.manifest.chunks[0]
+        offset = {"first": 0, "piece-boundary": 4095, "second-piece": 4096 + 17}.get(
+            where, chunk.nbytes - 1
+        )
+        with StreamingLoader(c) as loader:  # intact: streams
+            assert np.array_equal(next(iter(loader.stream([chunk.name]))).arrays()[0], w)
+    with open(tmp_path / "m.wst", "r+b") as f:
+        f.seek(chunk.offset + offset)
+        byte = f.read(1)[0]
+        f.seek(chunk.offset + offset)
+        f.write(bytes([byte ^ 0x10]))
+    with Container(tmp_path / "m.wst") as c, StreamingLoader(c) as loader:
+        with pytest.raises(ChunkChecksumMismatch, match=chunk.name):
+            for got in loader.stream([chunk.name]):
+                got.release()

@@ -26,7 +26,11 @@ Stored = np.ndarray | QuantPiece  # a piece as stored: its values, or quantized 
 
 def check_crc(chunk: ChunkEntry, stored: Buffer) -> None:
     """Raise :class:`~wstream.errors.ChunkChecksumMismatch` unless ``stored`` matches the CRC."""
-    crc = crc32(stored)
+    check_crc_value(chunk, crc32(stored))
+
+
+def check_crc_value(chunk: ChunkEntry, crc: int) -> None:
+    """:func:`check_crc` for a CRC already computed (e.g. piece by piece as the bytes came in)."""
     if crc != chunk.crc32:
         raise E.ChunkChecksumMismatch(
             f"chunk {chunk.name!r}: crc32 stored {chunk.crc32:#010x}, computed {crc:#010x}"

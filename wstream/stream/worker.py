@@ -71,12 +71,19 @@ def stored_view(plan: LoadPlan, lease: Lease) -> memoryview:
     return slab.data[: plan.chunk.nbytes]
 
 
-def _read_stored(container: Container, plan: LoadPlan, lease: Lease) -> memoryview:
-    """The chunk's stored bytes: a view of the map, or read into the lease's slab for them."""
+def _read_stored(container: Container, plan: LoadPlan, lease: Lease, verify: bool) -> memoryview:
+    """The chunk's stored bytes, checked if ``verify``: a view of the map, or read into the
+    lease's slab for them (checked as they are read)."""
     if plan.mapped_source:
-        return container.stored(plan.chunk)
+        src = container.stored(plan.chunk)
+        if verify:
+            wchunk.check_crc(plan.chunk, src)
+        return src
     view = stored_view(plan, lease)
-    container.read_stored_into(plan.chunk, view)
+    if verify:
+        container.read_checked_into(plan.chunk, view)
+    else:
+        container.read_stored_into(plan.chunk, view)
     return view
 
 
@@ -130,10 +137,13 @@ def load_chunk(
     thread that never waits on anything) decodes half of a multi-frame chunk."""
     chunk = plan.chunk
     t0 = time.perf_counter()
-    src = stored(chunk) if stored is not None else _read_stored(container, plan, lease)
-    if verify:
-        wchunk.check_crc(chunk, src)
-    elif plan.zero_copy:
+    if stored is None:
+        src = _read_stored(container, plan, lease, verify)
+    else:
+        src = stored(chunk)
+        if verify:
+            wchunk.check_crc(chunk, src)
+    if not verify and plan.zero_copy:
         _prefault(container, chunk, src)
     t1 = time.perf_counter()
     if plan.zero_copy:
