@@ -13,7 +13,7 @@ Rows: ``raw`` (bf16, widened in cache by the cursor), ``int8 dequantize`` (the o
 loader's workers dequantize to float32 slabs), ``int8 quantized`` (int8 handed to the forward,
 scales applied to per-group partial products or, for many positions, to the weights in cache),
 ``uint4 quantized`` (the packed bytes, scales and zero points handed to the forward, unpacked in
-cache by ``wstream.model.uint4_kernel``). ``--only`` picks rows, e.g. ``--only raw uint4``.
+cache by ``wstream.model.quant_kernel``). ``--only`` picks rows, e.g. ``--only raw uint4``.
 """
 
 from __future__ import annotations

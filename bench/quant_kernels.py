@@ -25,7 +25,7 @@ Variants:
   int4-gp   the split layout, unpacked the same way, with the zero points folded into per-group
             sums of x and the scales applied to per-group partial products
 
-uint4 as built (``wstream.format.uint4``, ``wstream.model.uint4_kernel``; ``--uint4`` runs only
+uint4 as built (``wstream.format.uint4``, ``wstream.model.quant_kernel``; ``--uint4`` runs only
 these and bf16, the attempts at going below int4-gp):
   u4        the shipped kernel: the packed block unpacked in pieces of DECODE_ELEMENTS (decode) /
             PREFILL_ELEMENTS (prefill) values, each nibble cast straight into float32 (ufunc
@@ -229,7 +229,7 @@ def run_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[], n
 def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
     from wstream.format.quant import QuantPiece
     from wstream.format.uint4 import unpack_uint4
-    from wstream.model import uint4_kernel as k
+    from wstream.model import quant_kernel as k
 
     out, inp = m["f32"].shape
     t = x.shape[0]
@@ -250,7 +250,7 @@ def uint4_all(x: np.ndarray, m: dict[str, np.ndarray]) -> dict[str, Callable[[],
             try:
                 y = np.empty((t, out), np.float32)
                 for r0, r1 in blocks(out, inp // 2):  # the cursor's blocks of packed rows
-                    k.uint4_matmul_t(x, piece.row_slice(r0, r1), y[:, r0:r1])
+                    k.quant_matmul_t(x, piece.row_slice(r0, r1), y[:, r0:r1])
                 return y
             finally:
                 k.DECODE_ELEMENTS, k.PREFILL_ELEMENTS, k.PARTIAL_MAX_ROWS = saved

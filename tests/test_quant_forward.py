@@ -1,8 +1,9 @@
 """INT8 weights handed to the forward as stored (``Widen.QUANTIZED``), scales applied in the matmul.
 
 The loader hands a quantized piece out as its int8 values and float32 scales (zero-copy for a raw
-chunk); the cursor widens the integers in cache and :func:`wstream.model.blockwise.matmul_t`
-applies the scales to per-group partial products (few rows of x) or to the weights (many).
+chunk); the cursor passes it on as stored and :mod:`wstream.model.quant_kernel` widens the
+integers in cache-sized pieces, applying the scales to per-group partial products (few rows of
+x) or to the weights (many).
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from test_forward import (  # noqa: F401 (fixture)
 )
 
 from wstream.container.reader import Container
-from wstream.format.quant import QuantBlock, QuantPiece, dequantize_int8, n_groups, quantize_int8
-from wstream.model.blockwise import PARTIAL_MAX_ROWS, matmul_t
+from wstream.format.quant import QuantPiece, dequantize_int8, n_groups, quantize_int8
+from wstream.format.uint4 import packed_cols, quantize_uint4
+from wstream.model import fast
+from wstream.model.blockwise import matmul_t
+from wstream.model.quant_kernel import DECODE_ELEMENTS, quant_matmul_t
+from wstream.model.quant_kernel import INT8_PARTIAL_MAX_ROWS as PARTIAL_MAX_ROWS
 from wstream.stream.loader import StreamingLoader
 from wstream.stream.plan import Widen
 
@@ -55,7 +60,7 @@ def test_matmul_t_applies_each_groups_own_scale(
     dequantize_int8(q, s, group, w)
     want = x.astype(np.float64) @ w.T.astype(np.float64)
     out = np.empty((t, rows), np.float32)
-    matmul_t(x, QuantBlock(q.astype(np.float32), s, group), out)
+    matmul_t(x, QuantPiece(q, s, group), out)
     scale = np.abs(x).sum(axis=1, keepdims=True) * np.abs(w).max()  # bound on |x @ w.T|
     assert np.all(np.abs(out - want) <= 1e-5 * scale + 1e-6)
 
@@ -70,8 +75,36 @@ def test_matmul_t_fails_for_a_misplaced_scale() -> None:
     want = x @ w.T
     for wrong in (np.roll(s, 1, axis=1), np.repeat(s.max(axis=1, keepdims=True), 4, axis=1)):
         out = np.empty((1, 8), np.float32)
-        matmul_t(x, QuantBlock(q.astype(np.float32), wrong, 128), out)
+        matmul_t(x, QuantPiece(q, wrong, 128), out)
         assert rel_err(out, want) > 1e-3
+
+
+@pytest.mark.parametrize("scheme", ["int8", "uint4"])
+@pytest.mark.parametrize("t", [1, 3, 100])
+def test_kernel_on_both_cores_equals_its_serial_reference_bit_for_bit(scheme: str, t: int) -> None:
+    """A matrix of several cache-sized pieces: split over the cores (each piece on one thread,
+    one-thread BLAS) or all on the calling thread, the pieces and so the bits are the same."""
+    rows, cols, group = 3 * DECODE_ELEMENTS // 500 + 7, 500, 128  # 3 pieces and a short one
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    g = n_groups(cols, group)
+    s = np.empty((rows, g), np.float32)
+    if scheme == "int8":
+        q = np.empty((rows, cols), np.int8)
+        quantize_int8(w, group, q, s)
+        piece = QuantPiece(q, s, group)
+    else:
+        p, z = np.empty((rows, packed_cols(cols)), np.uint8), np.empty((rows, g), np.uint8)
+        quantize_uint4(w, group, p, s, z)
+        piece = QuantPiece(p, s, group, z, cols)
+    x = rng.standard_normal((t, cols)).astype(np.float32)
+    threaded, serial = np.empty((t, rows), np.float32), np.empty((t, rows), np.float32)
+    quant_matmul_t(x, piece, threaded)
+    with fast.serial():
+        quant_matmul_t(x, piece, serial)
+    assert np.array_equal(threaded, serial)
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert rel_err(threaded, want) < (0.02 if scheme == "int8" else 0.2)  # quantization error
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from wstream.format.manifest import pack_preamble
 from wstream.format.quant import QuantPiece, apply_scales, n_groups
 from wstream.format.uint4 import packed_cols, quantize_uint4, unpack_uint4
 from wstream.model.blockwise import matmul_t
-from wstream.model.uint4_kernel import PARTIAL_MAX_ROWS
+from wstream.model.quant_kernel import PARTIAL_MAX_ROWS
 from wstream.stream.loader import StreamingLoader
 from wstream.stream.plan import Widen
 

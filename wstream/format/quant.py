@@ -91,17 +91,6 @@ class QuantPiece(NamedTuple):
         return QuantPiece(self.values.copy(), self.scales.copy(), self.group, zeros, self.cols)
 
 
-class QuantBlock(NamedTuple):
-    """A row block of a quantized matrix with its integers already widened to float32 (exact):
-    ``q`` [rows, cols] holds the stored integers, ``scales`` [rows, n_groups] the scales to
-    apply, and for uint4 ``zeros`` [rows, n_groups] the zero points to subtract first."""
-
-    q: np.ndarray  # float32 [rows, cols], integer-valued; a scratch buffer the consumer may scale
-    scales: np.ndarray  # float32 [rows, n_groups(cols, group)]
-    group: int
-    zeros: np.ndarray | None = None  # uint4: uint8 [rows, n_groups(cols, group)]
-
-
 def apply_scales(
     q: np.ndarray, scales: np.ndarray, group: int, zeros: np.ndarray | None = None
 ) -> None:

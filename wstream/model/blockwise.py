@@ -13,54 +13,20 @@ import functools
 
 import numpy as np
 
-from wstream.format.quant import QuantBlock, QuantPiece, apply_scales
+from wstream.format.quant import QuantPiece
 from wstream.model.fast import rowwise
 from wstream.model.folds import QKV_BIAS, QKV_WEIGHT
 from wstream.model.ops import normalize, rms_normalize, silu_factor
-from wstream.model.uint4_kernel import uint4_matmul_t
+from wstream.model.quant_kernel import quant_matmul_t
 from wstream.model.weights import Block, GroupCursor
-
-# Up to this many rows of x, an INT8 block's group scales go onto per-group partial products
-# instead of onto the weights: the decode step's [1, 3584] @ [3584, 18944] measured 0.49x the
-# bf16 path this way against 1.34x scaling the weights in place first; at 448 rows the partial
-# products (a [groups, T, rows] array) cost 4.7x and scaling the weights first 1.0x
-# (bench/quant_kernels.py).
-PARTIAL_MAX_ROWS = 8
 
 
 def matmul_t(x: np.ndarray, w: Block, out: np.ndarray) -> None:
-    """``out`` [T, rows] = x [T, cols] @ W.T for W [rows, cols], float32 or quantized."""
-    if isinstance(w, QuantPiece):  # uint4, as stored
-        uint4_matmul_t(x, w, out)
-        return
-    if not isinstance(w, QuantBlock):
-        np.matmul(x, w.T, out=out)
-        return
-    if x.shape[0] > PARTIAL_MAX_ROWS:
-        apply_scales(w.q, w.scales, w.group)  # in place, on the cursor's scratch (in cache)
-        np.matmul(x, w.q.T, out=out)
-        return
-    _partial_products(x, w, out)
-
-
-def _partial_products(x: np.ndarray, w: QuantBlock, out: np.ndarray) -> None:
-    """sum over groups g of s[:, g] * (x_g @ q_g.T): the scales never touch the weights."""
-    t = x.shape[0]
-    rows, cols = w.q.shape
-    g = cols // w.group
-    full = g * w.group
-    if g:
-        xg = x[:, :full].reshape(t, g, w.group).transpose(1, 0, 2)  # [g, T, group]
-        qg = w.q[:, :full].reshape(rows, g, w.group).transpose(1, 2, 0)  # [g, group, rows]
-        part = np.matmul(xg, qg)  # [g, T, rows]
-        part *= w.scales[:, :g].T[:, None, :]  # [g, 1, rows]
-        np.sum(part, axis=0, out=out)
+    """``out`` [T, rows] = x [T, cols] @ W.T for W [rows, cols], float32 or quantized as stored."""
+    if isinstance(w, QuantPiece):
+        quant_matmul_t(x, w, out)
     else:
-        out[...] = 0
-    if full < cols:  # the last, partial group
-        tail = x[:, full:] @ w.q[:, full:].T  # [T, rows]
-        tail *= w.scales[:, -1]
-        out += tail
+        np.matmul(x, w.T, out=out)
 
 
 def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None) -> np.ndarray:
@@ -73,7 +39,7 @@ def linear(x: np.ndarray, cur: GroupCursor, weight: str, bias: str | None = None
         if y is None:
             y = np.empty((x.shape[0], cur.block_rows), dtype=np.float32)  # [T, out]
         w = arrays[0]
-        if not isinstance(w, QuantBlock | QuantPiece):
+        if not isinstance(w, QuantPiece):
             w = w.reshape(r1 - r0, -1)  # [rows, in]
         out = y[:, r0:r1]  # [T, rows]
         matmul_t(x, w, out)  # [T, in] @ [in, rows]

@@ -25,7 +25,7 @@ import numpy as np
 from wstream.errors import WStreamError
 from wstream.format.chunk import Stored
 from wstream.format.chunk import widens as _widens
-from wstream.format.quant import QuantBlock, QuantPiece, apply_scales
+from wstream.format.quant import QuantPiece, apply_scales
 from wstream.format.uint4 import unpack_uint4
 from wstream.model.fast import PARALLEL_MIN, parallel_pool, widen_into
 from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
@@ -34,10 +34,10 @@ from wstream.stream.pieces import LoadedChunk, Piece, WeightSource
 # enough to stay in cache between widening and use, large enough for full-speed matmuls.
 SUB_ELEMENTS = 1 << 22
 
-# What quant_blocks() yields per tensor: float32, an INT8 block widened (scales not applied), or
-# a uint4 row block as stored (packed bytes, scales, zero points): its kernel unpacks it in
-# cache-sized pieces itself (wstream.model.blockwise).
-Block = np.ndarray | QuantBlock | QuantPiece
+# What quant_blocks() yields per tensor: float32, or a quantized row block as stored (INT8 values
+# and scales; uint4 packed bytes, scales and zero points): its kernel widens it in cache-sized
+# pieces itself (wstream.model.quant_kernel).
+Block = np.ndarray | QuantPiece
 
 
 class OrderError(WStreamError, RuntimeError):
@@ -139,10 +139,10 @@ class GroupCursor:
     ) -> Iterator[tuple[int, int, tuple[Block, ...]]]:
         """Row blocks of tensors split together: yields (start, stop, (array, ...)).
 
-        An INT8 tensor's block arrives as a :class:`QuantBlock` (its integers widened to
-        float32, the scales not yet applied: the consumer applies them where they cost least),
-        a uint4 one as the stored :class:`QuantPiece` rows (packed, for a kernel that unpacks
-        them itself); :meth:`blocks` dequantizes both and yields float32 arrays only.
+        A quantized (INT8 or uint4) tensor's block arrives as the stored :class:`QuantPiece`
+        rows, for a kernel that widens them and applies the scales where they cost least
+        (:mod:`wstream.model.quant_kernel`); :meth:`blocks` dequantizes and yields float32
+        arrays only.
 
         All named tensors must share their row count; blocks arrive in row order and cover every
         row exactly once. The arrays of one block are valid until the next block is requested.
@@ -216,11 +216,8 @@ class GroupCursor:
                     pieces.append(dst)
                     continue
                 _unpack_into(dst, part)
-                if keep_quant:
-                    pieces.append(QuantBlock(dst, part.scales, part.group))
-                else:
-                    _on_row_halves(functools.partial(_scale_rows, dst, part), len(dst), dst.size)
-                    pieces.append(dst)
+                _on_row_halves(functools.partial(_scale_rows, dst, part), len(dst), dst.size)
+                pieces.append(dst)
             yield start + s0, start + s1, tuple(pieces)
 
     def close(self) -> None:
@@ -273,9 +270,9 @@ def _take_n(it: Iterator[LoadedChunk], n: int) -> Iterator[LoadedChunk]:
 
 def _widened(a: Stored, keep_quant: bool) -> bool:
     """Widened into scratch before use: a float other than float32, or quantized values (but
-    not a uint4 block handed to its kernel as stored)."""
+    not a block handed to its kernel as stored)."""
     if isinstance(a, QuantPiece):
-        return a.zeros is None or not keep_quant
+        return not keep_quant
     return _widens(a.dtype)
 
 
