@@ -223,3 +223,17 @@ def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
         "ms/token",
     ):
         assert needle in out, out
+
+
+def test_run_mmap_maps_the_file_and_gives_the_same_bits(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """``--mmap`` (zero-copy views of a shared map instead of reads into slabs) changes where the
+    bytes come from, not what the forward computes."""
+    common = [str(files["wst"]), "--input-ids", IDS, "--max-new-tokens", "3", "--budget", "64M"]
+    read = run_json(capsys, *common, "--logits-out", str(tmp_path / "read.npy"))
+    mapped = run_json(capsys, *common, "--mmap", "--logits-out", str(tmp_path / "mapped.npy"))
+    assert mapped["generated"] == read["generated"]
+    assert np.array_equal(np.load(tmp_path / "mapped.npy"), np.load(tmp_path / "read.npy"))
+    assert read["loader"]["mapped"] is False  # type: ignore[index]
+    assert mapped["loader"]["mapped"] is True  # type: ignore[index]

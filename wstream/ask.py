@@ -45,6 +45,7 @@ def ask(args: argparse.Namespace, cache: ChunkCache | None = None) -> ChatResult
         prefetch=_prefetch(args.prefetch),
         eager=args.eager,
         cache=cache,
+        mapped=args.mmap,
     ) as model:
         stream = model.chat(
             args.prompt,

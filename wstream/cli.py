@@ -373,6 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         prefetch=args.prefetch,
         weights_factory=load_everything if args.eager else None,
         cache=_cache(args),
+        mapped=args.mmap,
     )
     if args.logits_out:
         np.save(args.logits_out, report.logits)
@@ -672,6 +673,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--eager",
         action="store_true",
         help="load every weight up front instead of streaming (the baseline)",
+    )
+    sp.add_argument(
+        "--mmap",
+        action="store_true",
+        help="map a local container instead of reading it into the loader's slabs: no copy, "
+        "about 15%% less decode time with a warm page cache here (bench/results/AB.md), but a file "
+        "truncated or rewritten while it runs can kill the process (SIGBUS) or reach the "
+        "forward unchecked; for files nothing else writes",
     )
     sp.add_argument("--json", action="store_true", help="print the report as one JSON object")
     sp.set_defaults(func=cmd_run)

@@ -169,6 +169,7 @@ def loader_figures(loader: StreamingLoader) -> dict[str, Any]:
     return {
         "budget_bytes": loader.budget,
         "prefetch": loader.prefetch,
+        "mapped": loader.container.mapping() is not None,  # --mmap: views of a map, no reads
         "stall_seconds": round(s.stall_seconds, 6),
         "read_seconds": round(s.read_seconds, 6),
         "decode_seconds": round(s.decode_seconds, 6),
@@ -197,9 +198,11 @@ def run(
     prefetch: int | None = None,
     weights_factory: WeightsFactory | None = None,
     cache: ChunkCache | None = None,
+    mapped: bool = False,
 ) -> RunReport:
     """Prefill and greedy-decode one request from a .wst container (a path or a URL; ``cache``
-    keeps a remote container's verified chunks on local disk).
+    keeps a remote container's verified chunks on local disk; ``mapped`` maps a local file
+    instead of reading it, see :class:`~wstream.container.reader.Container`).
 
     With an image but no ``image_bound``, ``query_num`` placeholder positions are prepended to
     the ids and the image fills them.
@@ -212,7 +215,7 @@ def run(
         raise InputError(f"max-new-tokens: {max_new_tokens!r} must be a non-negative integer")
     factory = weights_factory or make_weights
     started = time.perf_counter()
-    with Container(container_path, cache=cache) as container:
+    with Container(container_path, cache=cache, mapped=mapped) as container:
         cfg = from_hf(container.manifest.config or {})
         opened = time.perf_counter()
         if image is not None:

@@ -238,13 +238,16 @@ class Model:
         prefetch: int = 2,
         eager: bool = False,
         cache: ChunkCache | None = None,
+        mapped: bool = False,
     ) -> Model:
         """Open ``path`` for chat, streaming its weights ``prefetch`` chunks ahead under
         ``budget`` bytes (None: no limit, every chunk stays once loaded). ``eager`` loads and
         widens every weight up front instead (the load-everything baseline). ``path`` may be a
-        URL (``s3://bucket/key``, ``https://...``); ``cache`` keeps its verified chunks on disk."""
+        URL (``s3://bucket/key``, ``https://...``); ``cache`` keeps its verified chunks on disk.
+        ``mapped`` maps a local file instead of reading it (zero copy; see
+        :class:`~wstream.container.reader.Container`)."""
         started = time.perf_counter()
-        container = Container(path, cache=cache)
+        container = Container(path, cache=cache, mapped=mapped)
         try:
             weights = forward_weights(container, budget=budget, prefetch=prefetch, eager=eager)
             try:
