@@ -12,6 +12,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from wstream.format.chunk import cast_into
 from wstream.model import blockwise, fast, ops
 from wstream.model.weights import GroupCursor, OrderError, walk
 from wstream.stream.pieces import Piece
@@ -127,6 +128,23 @@ def test_threaded_widening_equals_a_plain_cast() -> None:
     dst = np.empty(BIG, np.float32)
     fast.widen_into(dst, src)
     assert _bits(dst) == _bits(src.astype(np.float32))
+
+
+def test_bf16_cast_by_shift_equals_ml_dtypes_for_every_bit_pattern() -> None:
+    """cast_into widens bf16 by an integer shift: the same bits as ml_dtypes' cast for all 65536
+    values (NaN payloads, infinities, subnormals, signed zeros), on strided views too."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(ml_dtypes.bfloat16)
+    dst = np.empty(every.shape, np.float32)
+    cast_into(dst, every)
+    assert np.array_equal(dst.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    grid = every.reshape(256, 256)[::3, 1::2]  # neither array contiguous
+    out = np.full((grid.shape[0], 300), 7.0, np.float32)[:, 10 : 10 + grid.shape[1]]
+    cast_into(out, grid)
+    assert np.array_equal(out.view(np.uint32), grid.astype(np.float32).view(np.uint32))
+    f16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)  # other dtypes: numpy's cast
+    dst16 = np.empty(f16.shape, np.float32)
+    cast_into(dst16, f16)
+    assert np.array_equal(dst16, f16.astype(np.float32), equal_nan=True)
 
 
 def test_rowwise_threads_only_when_it_pays() -> None:

@@ -33,10 +33,12 @@ from wstream.model.fast import PARALLEL_MIN, _blas_controller, _cores, parallel_
 # INT8 (section 1): at 448 rows its partial products cost 4.7x, scaling the weights 1.0x.
 PARTIAL_MAX_ROWS = 80
 INT8_PARTIAL_MAX_ROWS = 8
-# float32 elements unpacked per piece. Partial products: 128K (0.5 MiB, in L2) measured 0.34x
-# at T = 1 against 0.54x for 4M and 0.39x for 256K, and much worse above 128K at T = 80.
+# float32 elements unpacked per piece. Partial products, quiet machine, both cores, one
+# [18944, 3584] decode product (bench/results/QUANT.md section 6): 1M values (4 MiB) per piece
+# measured INT8 34 ms and uint4 52 ms, against 54 / 125 ms for 128K (each call's Python and
+# the GIL dominate small pieces when two threads share them), 46 / 59 for 2M, 62 / 83 for 4M.
 # The matmul path wants large products: 4M measured 1.36x at T = 80 against 2.73x for 1M.
-DECODE_ELEMENTS = 1 << 17
+DECODE_ELEMENTS = 1 << 20
 PREFILL_ELEMENTS = 1 << 22
 
 
