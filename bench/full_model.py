@@ -3,7 +3,8 @@
     python bench/full_model.py [--data DIR] [--only raw zstd-shuffle int8] [--new-tokens 8]
 
 Generates the synthetic full-size checkpoint once (random weights, the real 789 tensors; about
-2 minutes), packs it several ways (raw; zstd after byte grouping; INT8 linear layers; float16), then for
+2 minutes), packs it several ways (raw; zstd after byte grouping; INT8 linear layers; float16; uint4
+linear layers), then for
 each container and for a warm and a cold page cache runs one request in a fresh process:
 ``wstream run --image <448x448 card> --input-ids <16 ids> --max-new-tokens 8 --budget 1G --json``
 while the parent samples the child's RSS every 2 ms (total and anonymous). Beside it: what the
@@ -37,6 +38,7 @@ PACKINGS: dict[str, dict[str, Any]] = {
     "zstd-shuffle": {"codec": "zstd", "shuffle": True, "threads": 2},
     "int8": {"codec": "raw", "quantize": "int8"},
     "fp16": {"codec": "raw", "dtype": "float16"},
+    "uint4": {"codec": "raw", "quantize": "uint4"},
 }
 GiB = 1 << 30
 

@@ -130,9 +130,10 @@ def test_threaded_widening_equals_a_plain_cast() -> None:
     assert _bits(dst) == _bits(src.astype(np.float32))
 
 
-def test_bf16_cast_by_shift_equals_ml_dtypes_for_every_bit_pattern() -> None:
-    """cast_into widens bf16 by an integer shift: the same bits as ml_dtypes' cast for all 65536
-    values (NaN payloads, infinities, subnormals, signed zeros), on strided views too."""
+def test_bf16_and_f16_casts_by_integer_ops_equal_the_library_casts_for_every_bit_pattern() -> None:
+    """cast_into widens bf16 and float16 with integer ops: the same bits as ml_dtypes' and numpy's
+    casts for all 65536 values (NaN payloads, infinities, subnormals, signed zeros), on strided
+    views too."""
     every = np.arange(1 << 16, dtype=np.uint16).view(ml_dtypes.bfloat16)
     dst = np.empty(every.shape, np.float32)
     cast_into(dst, every)
@@ -141,10 +142,14 @@ def test_bf16_cast_by_shift_equals_ml_dtypes_for_every_bit_pattern() -> None:
     out = np.full((grid.shape[0], 300), 7.0, np.float32)[:, 10 : 10 + grid.shape[1]]
     cast_into(out, grid)
     assert np.array_equal(out.view(np.uint32), grid.astype(np.float32).view(np.uint32))
-    f16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)  # other dtypes: numpy's cast
+    f16 = np.arange(1 << 16, dtype=np.uint16).view(np.float16)  # float16 by shift and multiply
     dst16 = np.empty(f16.shape, np.float32)
     cast_into(dst16, f16)
-    assert np.array_equal(dst16, f16.astype(np.float32), equal_nan=True)
+    assert np.array_equal(dst16.view(np.uint32), f16.astype(np.float32).view(np.uint32))
+    finite = f16.reshape(256, 256)[:120, 1::2]  # no inf or NaN (exponent < 31), strided
+    out16 = np.empty((120, 300), np.float32)[:, 3 : 3 + finite.shape[1]]
+    cast_into(out16, finite)
+    assert np.array_equal(out16.view(np.uint32), finite.astype(np.float32).view(np.uint32))
 
 
 def test_rowwise_threads_only_when_it_pays() -> None:

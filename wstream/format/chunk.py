@@ -65,13 +65,40 @@ def float32_copy(array: np.ndarray) -> np.ndarray:
 def cast_into(dst: np.ndarray, src: np.ndarray) -> None:
     """``dst`` = ``src`` cast to ``dst``'s dtype (numpy's unsafe cast), by the fastest exact path.
 
-    bf16 -> float32 is a float32 whose top half is the bf16's bits: one integer shift, which
-    numpy runs vectorized at 0.34 ns a value here against 1.69 for ml_dtypes' cast (128K values
-    in cache, one thread), bit for bit the same, NaN payloads and signed zeros included."""
-    if dst.dtype == np.float32 and src.dtype.name == "bfloat16" and dst.shape == src.shape:
-        np.left_shift(src.view(np.uint16), 16, out=dst.view(np.uint32), dtype=np.uint32)
-    else:
-        np.copyto(dst, src, casting="unsafe")
+    Both widenings to float32 are done with integer ops, which numpy runs vectorized, and give
+    numpy's and ml_dtypes' bits for every one of the 65536 inputs (NaN payloads, infinities,
+    subnormals, signed zeros: tests/test_ops.py). 128K values in cache, one thread:
+
+    - bf16: a float32 whose top half is the bf16's bits, one shift: 0.34 ns a value against 1.69
+      for ml_dtypes' cast.
+    - float16: sign, exponent and mantissa shifted into float32's places in one sign-extending
+      shift, then the exponent rebiased (and subnormals normalised) by one exact multiply by
+      2**112: 2.4 ns a value against 3.8 for numpy's cast (no F16C in numpy's cast loop)."""
+    if dst.dtype == np.float32 and dst.shape == src.shape:
+        if src.dtype.name == "bfloat16":
+            np.left_shift(src.view(np.uint16), 16, out=dst.view(np.uint32), dtype=np.uint32)
+            return
+        if src.dtype == np.float16:
+            _float16_into(dst, src)
+            return
+    np.copyto(dst, src, casting="unsafe")
+
+
+_TWO_112 = np.float32(2.0**112)
+
+
+def _float16_into(dst: np.ndarray, src: np.ndarray) -> None:
+    """float16 -> float32 bit for bit: see :func:`cast_into`."""
+    bits = dst.view(np.int32)
+    # int16 -> int32 sign-extends: bit 31 is the sign; bits 28-30 copies of it, cleared here;
+    # then exponent at 23-27 and mantissa at 13-22, as in float32 but biased by 15, not 127.
+    np.left_shift(src.view(np.int16), 13, out=bits, dtype=np.int32)
+    np.bitwise_and(bits, np.int32(-0x70000001), out=bits)  # 0x8FFFFFFF
+    with np.errstate(over="ignore"):
+        np.multiply(dst, _TWO_112, out=dst)  # 2**(127 - 15): exact, subnormals included
+    magnitude = src.view(np.uint16) & np.uint16(0x7FFF)
+    if magnitude.size and magnitude.max() >= 0x7C00:  # an inf or NaN: exponent all ones
+        bits[magnitude >= 0x7C00] |= np.int32(0x7F800000)
 
 
 def _stored_dtype(entry: TensorEntry) -> np.dtype:
