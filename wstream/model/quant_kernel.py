@@ -104,14 +104,11 @@ def _int8_partials(
     np.copyto(q, w.values[r0:r1], casting="unsafe")  # int8 -> float32, exact, in cache
     if g:
         part = np.matmul(xs, q[:, :full].reshape(n, g, w.group).transpose(1, 2, 0))  # [g, T, n]
-        part *= s[:, :g].T[:, None, :]  # x [g, 1, n]
-        np.sum(part, axis=0, out=o)
+        _scaled_sum(part, s, o)
     else:
         o[...] = 0
-    if full < cols:  # the last, partial group
-        tail = x[:, full:] @ q[:, full:].T  # [T, n]
-        tail *= s[:, -1]
-        o += tail
+    if full < cols:
+        _add_tail(x[:, full:], q[:, full:], s, o)
 
 
 def _uint4_partials(
@@ -143,18 +140,28 @@ def _uint4_partials(
         np.copyto(planes[0], (packed & np.uint8(15)).reshape(n, g, half), casting="unsafe")
         np.copyto(planes[1], (packed >> np.uint8(4)).reshape(n, g, half), casting="unsafe")
         part = np.matmul(x2, planes.transpose(0, 2, 3, 1))  # [2, g, T, n]
-        both = np.add(part[0], part[1], out=part[0])  # [g, T, n]
-        both *= s[:, :g].T[:, None, :]  # x [g, 1, n]
-        np.sum(both, axis=0, out=o)
+        _scaled_sum(np.add(part[0], part[1], out=part[0]), s, o)  # the planes: [g, T, n]
     else:
         o[...] = 0
-    if full < cols:  # the last, partial group
+    if full < cols:
         q = scratch[n * full : n * cols].reshape(n, cols - full)
         unpack_uint4(p[:, g * half :], cols - full, w.group, q)
-        tail = x[:, full:] @ q.T  # [T, n]
-        tail *= s[:, -1]
-        o += tail
+        _add_tail(x[:, full:], q, s, o)
     o -= xsum @ (s * w.zeros[r0:r1].astype(np.float32)).T  # [T, G] @ [G, n]: zero points
+
+
+def _scaled_sum(part: np.ndarray, s: np.ndarray, o: np.ndarray) -> None:
+    """``o`` [T, n] = sum over groups g of ``s[:, g]`` x ``part[g]`` ([g, T, n] partials, scaled
+    in place)."""
+    part *= s[:, : part.shape[0]].T[:, None, :]  # x [g, 1, n]
+    np.sum(part, axis=0, out=o)
+
+
+def _add_tail(x_tail: np.ndarray, q_tail: np.ndarray, s: np.ndarray, o: np.ndarray) -> None:
+    """``o`` += the last, partial group's product, scaled: [T, c] @ [n, c].T x s[:, -1]."""
+    tail = x_tail @ q_tail.T  # [T, n]
+    tail *= s[:, -1]
+    o += tail
 
 
 def _scaled_then_matmul(x: np.ndarray, w: QuantPiece, out: np.ndarray) -> None:
