@@ -6,6 +6,11 @@ tensors of an item split at the same rows). :func:`pack` then fills one chunk bu
 with ``pread`` (converting or quantizing in small row slabs when asked), encodes it and appends
 it, so memory stays at a couple of chunks whatever the checkpoint's size, and the output
 appears at its path only when complete.
+
+About 460 lines: the layout (pure) and the filling loop share the plan types defined here, and
+the loop carries the guarantees a pack gives (outputs checked against inputs, the source
+snapshot before and after, atomic output, uploads aborted on failure), which read best in one
+place.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ Deliberate differences from ``chat()``, each a documented choice:
   from the answer; here ``"!"`` is an ordinary token;
 - HF feeds bf16 pixels to a bf16 model; the numpy forward computes in float32 from float32
   pixels.
+
+About 440 lines: :class:`Model` is the request from prompt to streamed text, one method per
+step of ``chat()``; the steps are short, and their order is the point of reading it in one file.
 """
 
 from __future__ import annotations
