@@ -166,7 +166,9 @@ def main() -> None:
     # directory, removed at the end however the run ends; the object goes with the server's data.
     with tempfile.TemporaryDirectory(prefix="wstream-s3stream-", dir=args.work) as tmp:
         root = Path(tmp)
-        with running_server(root / "weed") as server:
+        # 256 MB volumes: SeaweedFS grows 7 volumes at a time, and with its 1 GB default a 10 GB
+        # upload failed with HTTP 500 at 4.3 GB while 11 GB of disk was still free.
+        with running_server(root / "weed", volume_size_limit_mb=256) as server:
             os.environ.update(server.environ())
             admin = server.admin_client()
             admin.create_bucket(Bucket=BUCKET)
