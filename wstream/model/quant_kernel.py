@@ -3,8 +3,8 @@ nibbles, a scale and a zero point per group).
 
 The cursor hands a quantized row block over as stored (:class:`~wstream.format.quant.QuantPiece`,
 zero-copy from the loader), and these kernels widen or unpack it in pieces of ``*_ELEMENTS``
-values into their own float32 scratch, small enough to stay in cache between the unpacking and
-the product:
+values into their own float32 scratch, a piece at a time, so the model is never held in float32
+and each piece is used right after it is made:
 
 - **decode and short prefill** (at most ``PARTIAL_MAX_ROWS`` rows of x): the integers are only
   cast, never shifted or scaled. With ``P[g] = x_g @ q_g.T`` the per-group partial products,
@@ -31,6 +31,7 @@ from wstream.model.fast import PARALLEL_MIN, _blas_controller, _cores, parallel_
 # uint4, measured at [T, 3584] @ [3584, 18944] against bf16 (bench/results/QUANT.md section 5):
 # T = 1, 0.34x; T = 80, 0.71x (the other path 1.36x); T = 448, 19x (the other path 1.23x).
 # INT8 (section 1): at 448 rows its partial products cost 4.7x, scaling the weights 1.0x.
+# Both were measured with 128K-value pieces, before DECODE_ELEMENTS grew to 1M; not re-measured.
 PARTIAL_MAX_ROWS = 80
 INT8_PARTIAL_MAX_ROWS = 8
 # float32 elements unpacked per piece. Partial products, quiet machine, both cores, one
