@@ -18,20 +18,17 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from _s3_tiny import URL, tiny_model_on_s3  # noqa: E402
 from fault_proxy import FaultProxy  # noqa: E402
-from s3_server import running_server  # noqa: E402
 
-from wstream import open_container, pack  # noqa: E402
+from wstream import open_container  # noqa: E402
 from wstream.container.remote import RemoteOptions  # noqa: E402
-from wstream.container.upload import S3Upload  # noqa: E402
-from wstream.synthetic import write_checkpoint  # noqa: E402
 
 VARIANTS = {
     "coalesced (defaults)": RemoteOptions(),
@@ -54,28 +51,20 @@ def main() -> None:
     args = ap.parse_args()
     delays = [float(d) for d in args.delay_ms.split(",")]
     rows: dict[tuple[float, str], list[tuple[float, int]]] = {}
-    with tempfile.TemporaryDirectory(prefix="wstream-s3coalesce-") as tmp:
-        root = Path(tmp)
-        ck = write_checkpoint(root / "ck", "tiny", seed=1).directory
-        pack(ck, root / "m.wst", max_chunk=96 << 10)
-        with running_server(root / "weed") as server:
-            os.environ.update(server.environ())
-            server.admin_client().create_bucket(Bucket="bench")
-            url = "s3://bench/m.wst"
-            with S3Upload(url) as up:
-                up.write((root / "m.wst").read_bytes())
-            with FaultProxy(server.endpoint) as proxy:
-                os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
-                with open_container(url) as c:
-                    n = len(c.manifest.chunks)
-                for _ in range(args.rounds):
-                    for delay in delays:
-                        proxy.delay = delay / 1e3
-                        for name, options in VARIANTS.items():
-                            proxy.seen.clear()
-                            seconds = stream_all(url, options)
-                            gets = sum(s.method == "GET" for s in proxy.seen)
-                            rows.setdefault((delay, name), []).append((seconds, gets))
+    with tiny_model_on_s3("wstream-s3coalesce-") as server:
+        url = URL
+        with FaultProxy(server.endpoint) as proxy:
+            os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
+            with open_container(url) as c:
+                n = len(c.manifest.chunks)
+            for _ in range(args.rounds):
+                for delay in delays:
+                    proxy.delay = delay / 1e3
+                    for name, options in VARIANTS.items():
+                        proxy.seen.clear()
+                        seconds = stream_all(url, options)
+                        gets = sum(s.method == "GET" for s in proxy.seen)
+                        rows.setdefault((delay, name), []).append((seconds, gets))
     print(
         f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average "

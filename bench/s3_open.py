@@ -28,20 +28,17 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from s3_server import running_server  # noqa: E402
+from _s3_tiny import URL, tiny_model_on_s3  # noqa: E402
 
-from wstream import open_container, pack  # noqa: E402
+from wstream import open_container  # noqa: E402
 from wstream.container import s3  # noqa: E402
 from wstream.container.remote import RemoteOptions  # noqa: E402
-from wstream.container.upload import S3Upload  # noqa: E402
-from wstream.synthetic import write_checkpoint  # noqa: E402
 
 KiB = 1 << 10
 VARIANTS = {
@@ -107,29 +104,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tries", type=int, default=20)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="wstream-s3open-") as tmp:
-        root = Path(tmp)
-        ck = write_checkpoint(root / "ck", "tiny", seed=1).directory
-        pack(ck, root / "m.wst", max_chunk=96 << 10)
-        with running_server(root / "weed") as server:
-            os.environ.update(server.environ())
-            server.admin_client().create_bucket(Bucket="bench")
-            url = "s3://bench/m.wst"
-            with S3Upload(url) as up:
-                up.write((root / "m.wst").read_bytes())
-            with open_container(url) as c:
-                n, first = len(c.manifest.chunks), c.manifest.chunks[0]
-                manifest = (c.preamble.manifest_offset, c.preamble.manifest_nbytes, c.file_size)
-            firsts = []
-            for _ in range(3):  # the first open of a process, in fresh processes
-                proc = subprocess.run(
-                    [sys.executable, "-c", _FIRST, url], capture_output=True, check=True
-                )
-                firsts.append(json.loads(proc.stdout))
-            rows: dict[str, list[tuple[float, float]]] = {k: [] for k in VARIANTS}
-            for _ in range(args.tries):
-                for name, (reuse, options) in VARIANTS.items():
-                    rows[name].append(timed_open(url, reuse, options))
+    with tiny_model_on_s3("wstream-s3open-"):
+        url = URL
+        with open_container(url) as c:
+            n, first = len(c.manifest.chunks), c.manifest.chunks[0]
+            manifest = (c.preamble.manifest_offset, c.preamble.manifest_nbytes, c.file_size)
+        firsts = []
+        for _ in range(3):  # the first open of a process, in fresh processes
+            proc = subprocess.run(
+                [sys.executable, "-c", _FIRST, url], capture_output=True, check=True
+            )
+            firsts.append(json.loads(proc.stdout))
+        rows: dict[str, list[tuple[float, float]]] = {k: [] for k in VARIANTS}
+        for _ in range(args.tries):
+            for name, (reuse, options) in VARIANTS.items():
+                rows[name].append(timed_open(url, reuse, options))
     print(
         f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus; "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; load average "
