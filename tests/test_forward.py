@@ -89,6 +89,26 @@ def pack_quantized(
     return out
 
 
+def smallest_budget(path: Path, widen: Any) -> int:
+    """The smallest budget the streaming loader accepts for every chunk of ``path``."""
+    with Container(path) as c, StreamingLoader(c, widen=widen) as probe:
+        return probe.min_budget([ch.name for ch in c.manifest.chunks])
+
+
+def assert_streamed_equals(
+    eager: Any, path: Path, case: Any, k: int, budget: int | None, widen: Any
+) -> None:
+    """Streamed at prefetch ``k`` under ``budget``, released slabs poisoned (NaN): the same
+    logits, step logits and tokens as ``eager``, bit for bit."""
+    streamed, _ = run_case(
+        path, case, InstrumentedLoader, budget=budget, prefetch=k, poison=True, widen=widen
+    )
+    where = (widen, k, budget)
+    assert np.array_equal(streamed.logits, eager.logits), where
+    assert np.array_equal(streamed.step_logits, eager.step_logits), where
+    assert streamed.tokens == eager.tokens, where
+
+
 def check_quantized_streaming(
     path: Path,
     case: Any,
@@ -101,22 +121,9 @@ def check_quantized_streaming(
     to eager with the same pieces; the eager run is within ``max_rel`` of the float32
     dequantized one and ``min_cosine`` of the golden logits. Returns the eager result."""
     eager, _ = run_case(path, case, EagerWeights, keep_quantized=True)
-    with Container(path) as c:
-        with StreamingLoader(c, widen=Widen.QUANTIZED) as probe:
-            smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
+    smallest = smallest_budget(path, Widen.QUANTIZED)
     for k, budget in ((k, smallest if b == 0 else b) for k, b in budgets):
-        streamed, _ = run_case(
-            path,
-            case,
-            InstrumentedLoader,
-            budget=budget,
-            prefetch=k,
-            poison=True,
-            widen=Widen.QUANTIZED,
-        )
-        assert np.array_equal(streamed.logits, eager.logits), (k, budget)
-        assert np.array_equal(streamed.step_logits, eager.step_logits), (k, budget)
-        assert streamed.tokens == eager.tokens
+        assert_streamed_equals(eager, path, case, k, budget, Widen.QUANTIZED)
     dequantized, _ = run_case(path, case)  # dequantized to float32 up front
     assert rel_err(eager.logits, dequantized.logits) <= max_rel  # summation order only
     a, b = case.logits.reshape(-1).astype(np.float64), eager.logits.reshape(-1).astype(np.float64)
@@ -264,27 +271,13 @@ def test_streamed_equals_eager(packing: str, containers: dict[tuple[str, str], P
     case = CASES["tiny-gqa"]
     path = containers["tiny-gqa", packing]
     eager, _ = run_case(path, case)
-    with Container(path) as c:
-        with StreamingLoader(c, widen=Widen.FLOAT32) as probe:
-            smallest = probe.min_budget([ch.name for ch in c.manifest.chunks])
+    smallest = smallest_budget(path, Widen.FLOAT32)
     full = packing == "raw-64k"  # the whole grid once; a corner of it for the codecs
     # The workers widen to float32, or (what `wstream run` uses) the forward widens bf16 itself.
     for widen in ("float32", "dequantize"):
         for k in (0, 1, 2, 4) if full else (0, 2):
             for budget in (smallest, 4 * smallest, None) if full else (smallest, None):
-                streamed, _ = run_case(
-                    path,
-                    case,
-                    InstrumentedLoader,
-                    budget=budget,
-                    prefetch=k,
-                    poison=True,
-                    widen=widen,
-                )
-                where = (widen, k, budget)
-                assert np.array_equal(streamed.logits, eager.logits), where
-                assert np.array_equal(streamed.step_logits, eager.step_logits), where
-                assert streamed.tokens == eager.tokens
+                assert_streamed_equals(eager, path, case, k, budget, widen)
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny-gqa"])
