@@ -65,6 +65,25 @@ def pending_uploads(s3_admin: Any, key: str) -> list[str]:
     return [u["UploadId"] for u in resp.get("Uploads", []) if u["Key"] == key]
 
 
+def packed_on_s3(
+    ckpt: Path,
+    root: Path,
+    s3_admin: Any,
+    prefix: str,
+    kinds: dict[str, dict[str, Any]],
+    **common: Any,
+) -> dict[str, tuple[Path, str]]:
+    """kind -> (local path, s3 url): ``ckpt`` packed each way (``kinds[kind]`` and ``common`` as
+    pack's arguments) under ``root`` and uploaded as ``prefix/kind.wst``."""
+    out = {}
+    for kind, kw in kinds.items():
+        path = root / f"{kind}.wst"
+        pack(ckpt, path, **kw, **common)
+        s3_admin.put_object(Bucket=BUCKET, Key=f"{prefix}/{kind}.wst", Body=path.read_bytes())
+        out[kind] = (path, f"s3://{BUCKET}/{prefix}/{kind}.wst")
+    return out
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", "tiny", seed=5).directory
@@ -73,14 +92,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def stored(ckpt: Path, s3_admin: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """kind -> (local path, s3 url) of the same container."""
-    root = tmp_path_factory.mktemp("kinds")
-    out = {}
-    for kind, kw in KINDS.items():
-        path = root / f"{kind}.wst"
-        pack(ckpt, path, **kw)
-        s3_admin.put_object(Bucket=BUCKET, Key=f"kinds/{kind}.wst", Body=path.read_bytes())
-        out[kind] = (path, f"s3://{BUCKET}/kinds/{kind}.wst")
-    return out
+    return packed_on_s3(ckpt, tmp_path_factory.mktemp("kinds"), s3_admin, "kinds", KINDS)
 
 
 @pytest.fixture

@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 from fault_proxy import FaultProxy, Seen
-from s3_server import BUCKET, S3Server
-from test_remote_container import port_of, same, sockets, streamed, wstream_threads
+from s3_server import S3Server
+from test_remote_container import packed_on_s3, port_of, same, sockets, streamed, wstream_threads
 
 from wstream import errors as E
 from wstream import open_container
 from wstream.container.reader import Container
 from wstream.container.remote import RemoteOptions, RetryPolicy
-from wstream.pack import pack
 from wstream.stream.loader import StreamingLoader
 from wstream.synthetic import write_checkpoint
 
@@ -54,13 +53,7 @@ def small_chunked(
     """kind -> (local path, url): the tiny model in chunks of at most 96 KiB (~65 chunks)."""
     root = tmp_path_factory.mktemp("coalesce")
     ckpt = write_checkpoint(root / "tiny", "tiny", seed=7).directory
-    out = {}
-    for kind, kw in KINDS.items():
-        path = root / f"{kind}.wst"
-        pack(ckpt, path, max_chunk=96 * KiB, **kw)
-        s3_admin.put_object(Bucket=BUCKET, Key=f"coalesce/{kind}.wst", Body=path.read_bytes())
-        out[kind] = (path, f"s3://{BUCKET}/coalesce/{kind}.wst")
-    return out
+    return packed_on_s3(ckpt, root, s3_admin, "coalesce", KINDS, max_chunk=96 * KiB)
 
 
 @pytest.fixture
