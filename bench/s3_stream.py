@@ -51,7 +51,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _measure import warm
 from s3_server import running_server
 
 from wstream import open_container, pack
@@ -111,17 +113,6 @@ def make_minicpmv(root: Path, size_mb: int, url: str) -> None:
     write_checkpoint(ckpt, minicpmv_config(size_mb))
     pack(ckpt, url)
     shutil.rmtree(ckpt)
-
-
-def warm_files(directory: Path) -> None:
-    """Read every file under ``directory`` once (the server's volumes), so each timed read of
-    the object starts from the same page-cache state: resident, as far as memory allows."""
-    buf = bytearray(8 * MiB)
-    for path in sorted(directory.rglob("*")):
-        if path.is_file():
-            with open(path, "rb", buffering=0) as f:
-                while f.readinto(buf):
-                    pass
 
 
 PART = 8 * MiB  # the plain download's ranged GETs: 8 in flight, as S3Source splits a range
@@ -257,7 +248,7 @@ def main() -> None:
                     rows["first"].append(first_chunk(url, budget))
                     rows["first_head"].append(first_chunk(url, budget, big_head))
                 for what in ("stream", "download")[:: 1 if r % 2 == 0 else -1]:  # ABBA
-                    warm_files(root / "weed")
+                    warm(*(f for f in (root / "weed").rglob("*") if f.is_file()))
                     rows[what].append(
                         stream_all(url, budget) if what == "stream" else download(url)
                     )
