@@ -8,9 +8,11 @@ costs a fraction of a second, and each such test checks the named error arrives 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,19 @@ from strategies import examples
 
 from wstream import errors as E
 from wstream.container.http import HttpSource
-from wstream.container.remote import RemoteOptions, RetryPolicy, Target, coalesce
+from wstream.container.remote import RemoteOptions, RetryPolicy, Target, coalesce, split
 from wstream.container.s3 import S3Source, parse_s3_url
 
 KiB, MiB = 1 << 10, 1 << 20
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, deadline=5.0)
-FAST = RemoteOptions(part_size=256 * KiB, read_timeout=0.5, connect_timeout=1.0, retry=FAST_RETRY)
+# a 256 KiB head: the faulted ranges below (from 500 KB on) need requests of their own
+FAST = RemoteOptions(
+    part_size=256 * KiB,
+    head_bytes=256 * KiB,
+    read_timeout=0.5,
+    connect_timeout=1.0,
+    retry=FAST_RETRY,
+)
 
 
 def put(s3_admin: Any, key: str, data: bytes) -> str:
@@ -72,6 +81,10 @@ def test_coalesce_merges_neighbours_and_splits_large() -> None:
     assert [(r.start, r.end, len(r.targets)) for r in plan] == [(0, 22, 2), (50, 60, 1)]
     plan = coalesce([Target(0, memoryview(bytearray(25)))], max_gap=0, max_request=10)
     assert [(r.start, r.end) for r in plan] == [(0, 10), (10, 20), (20, 25)]
+    # a large range is cut at the object's multiples of the request size, not its own
+    plan = coalesce([Target(7, memoryview(bytearray(25)))], max_gap=0, max_request=10)
+    assert [(r.start, r.end) for r in plan] == [(7, 10), (10, 20), (20, 30), (30, 32)]
+    assert [(r.start, r.end) for r in split(7, memoryview(bytearray(9)), 10)] == [(7, 16)]
 
 
 @given(
@@ -96,6 +109,9 @@ def test_coalesce_plans_cover_every_byte_once(
     )
     for r in plan:
         assert r.end - r.start <= max_request
+        whole = next(t for t in targets if t.offset <= r.start < t.offset + len(t.out))
+        if len(whole.out) > max_request:  # a piece of a large target: within one aligned part
+            assert r.start // max_request == (r.end - 1) // max_request
         assert all(r.start <= t.offset and t.offset + len(t.out) <= r.end for t in r.targets)
         assert r.start == r.targets[0].offset and r.end == r.targets[-1].offset + len(
             r.targets[-1].out
@@ -166,7 +182,7 @@ def test_a_failed_or_foreign_tail_is_not_used(
 
 @pytest.fixture(scope="module")
 def shared_source(blob: tuple[str, bytes]) -> Iterator[S3Source]:
-    with S3Source(blob[0], RemoteOptions(part_size=512 * KiB)) as src:
+    with S3Source(blob[0], RemoteOptions(part_size=512 * KiB, head_bytes=256 * KiB)) as src:
         yield src
 
 
@@ -192,7 +208,7 @@ def test_a_large_range_is_fetched_as_parallel_sub_ranges(
     proxy: FaultProxy, blob: tuple[str, bytes]
 ) -> None:
     url, data = blob
-    opts = RemoteOptions(part_size=256 * KiB, concurrency=4, head_bytes=0)
+    opts = RemoteOptions(part_size=256 * KiB, concurrency=4, head_bytes=0, tail_bytes=0)
     proxy.delay = 0.2  # every request waits 200 ms: one at a time would take >= 12 * 0.2 s
     with S3Source(url, opts) as src:
         proxy.seen.clear()
@@ -201,11 +217,45 @@ def test_a_large_range_is_fetched_as_parallel_sub_ranges(
         src.read_into(1000, out)
         elapsed = time.monotonic() - t0
     assert bytes(out) == data[1000 : 1000 + 3 * MiB]
-    starts = sorted(int(r.split("=")[1].split("-")[0]) for r in gets(proxy))
-    assert starts == [1000 + i * 256 * KiB for i in range(12)]
-    # One at a time takes at least 12 x 0.2 s; any overlap is well below it. The margin is wide
+    spans = sorted(tuple(int(x) for x in r.split("=")[1].split("-")) for r in gets(proxy))
+    # cut where the object's offset is a multiple of the part size: none straddles a part
+    assert [a for a, _ in spans] == [1000] + [i * 256 * KiB for i in range(1, 13)]
+    assert all(a // (256 * KiB) == b // (256 * KiB) for a, b in spans)
+    assert spans[-1][1] == 1000 + 3 * MiB - 1
+    # One at a time takes at least 13 x 0.2 s; any overlap is well below it. The margin is wide
     # because the proxy and the client share two cores with the rest of the suite (1.72 s seen).
-    assert elapsed < 12 * 0.2 * 0.9, f"{elapsed:.2f} s: the sub-ranges did not overlap"
+    assert elapsed < 13 * 0.2 * 0.9, f"{elapsed:.2f} s: the sub-ranges did not overlap"
+
+
+@settings(max_examples=examples(0.3))
+@given(data=st.data())
+def test_a_read_with_its_crc_gives_the_bytes_and_their_crc(
+    shared_source: S3Source, blob: tuple[str, bytes], data: st.DataObject
+) -> None:
+    # ranges inside the head and the tail fetched at open, across them, and split into parts
+    size = len(blob[1])
+    offset = data.draw(st.integers(0, size))
+    n = data.draw(st.integers(0, size - offset))
+    out = memoryview(bytearray(n))
+    assert shared_source.read_crc_into(offset, out) == zlib.crc32(blob[1][offset : offset + n])
+    assert bytes(out) == blob[1][offset : offset + n]
+
+
+@pytest.mark.parametrize("after", [10, 100_000, 300_000])
+def test_a_part_retried_mid_body_still_gives_the_right_crc(
+    proxy: FaultProxy, blob: tuple[str, bytes], after: int
+) -> None:
+    # the body is cut after `after` bytes (headers included) of the first part: its retry
+    # starts its CRC again, and the combined CRC is still that of the bytes
+    url, data = blob
+    with S3Source(url, dataclasses.replace(FAST, head_bytes=0, tail_bytes=0)) as src:
+        proxy.match = ranged
+        proxy.truncate(1, after=after)
+        out = memoryview(bytearray(1_000_000))
+        crc = src.read_crc_into(1000, out)
+    assert [s.fault for s in proxy.seen if s.fault]
+    assert bytes(out) == data[1000:1_001_000]
+    assert crc == zlib.crc32(data[1000:1_001_000])
 
 
 def test_small_neighbours_are_coalesced_into_one_request(
@@ -310,7 +360,7 @@ def test_missing_objects_and_buckets_are_named_errors_without_retries(
 def test_an_object_replaced_between_reads_is_object_changed(s3_admin: Any) -> None:
     first = os.urandom(1_000_000)  # read at 400 KB: past the head and the tail of the open
     url = put(s3_admin, "replaced.bin", first)
-    with S3Source(url) as src:
+    with S3Source(url, RemoteOptions(head_bytes=256 * KiB)) as src:
         out = memoryview(bytearray(1000))
         src.read_into(400_000, out)
         assert bytes(out) == first[400_000:401_000]
@@ -332,7 +382,7 @@ def test_close_joins_every_thread_and_closes_every_connection(
 ) -> None:
     url, _ = blob
     before = remote_threads()
-    src = S3Source(url, RemoteOptions(part_size=256 * KiB, concurrency=6))
+    src = S3Source(url, RemoteOptions(part_size=256 * KiB, concurrency=6, head_bytes=0))
     out = memoryview(bytearray(2 * MiB))
     src.read_into(0, out)
     assert len(remote_threads()) > len(before) and proxy.active() > 1
@@ -350,7 +400,9 @@ def test_close_stops_a_read_stuck_on_a_stalled_server(
     proxy: FaultProxy, blob: tuple[str, bytes]
 ) -> None:
     url, _ = blob
-    opts = RemoteOptions(part_size=256 * KiB, read_timeout=1.0, retry=RetryPolicy(deadline=60))
+    opts = RemoteOptions(
+        part_size=256 * KiB, head_bytes=0, read_timeout=1.0, retry=RetryPolicy(deadline=60)
+    )
     src = S3Source(url, opts)
     proxy.match = ranged
     proxy.stall(1000, after=3000)
