@@ -26,9 +26,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -98,8 +100,25 @@ def upload(path: Path, url: str) -> None:
             up.write(block)
 
 
-def run(src: str, env: dict[str, str], budget: str, cache: Path | None = None) -> dict[str, Any]:
-    """One ``wstream run`` in a fresh process: its report, wall time and sampled memory peaks."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPUS = ("cpu_run", "cpu_server", "cpu_proxy")
+
+
+def run(
+    src: str, env: dict[str, str], budget: str, cache: Path | None = None, *, server_pid: int = 0
+) -> dict[str, Any]:
+    """One ``wstream run`` in a fresh process: its report, wall time, sampled memory peaks, and
+    the CPU seconds it, the server and this process (the proxy, the sampler) used meanwhile."""
+    child0, self0 = (
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        resource.getrusage(resource.RUSAGE_SELF),
+    )
+    server0 = _cpu_seconds(server_pid) if server_pid else 0.0
     argv = [sys.executable, "-m", "wstream.cli", "run", src, "--input-ids", IDS]
     argv += ["--max-new-tokens", "1", "--budget", budget, "--json"]
     if cache is not None:
@@ -109,6 +128,11 @@ def run(src: str, env: dict[str, str], budget: str, cache: Path | None = None) -
     with Sampler(proc.pid) as sampler:
         out, err = proc.communicate(timeout=900)
     wall = time.perf_counter() - t0
+    child1, self1 = (
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+        resource.getrusage(resource.RUSAGE_SELF),
+    )
+    server1 = _cpu_seconds(server_pid) if server_pid else 0.0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
     report = json.loads(out)
@@ -125,6 +149,9 @@ def run(src: str, env: dict[str, str], budget: str, cache: Path | None = None) -
         "stall": report["loader"].get("stall_seconds", 0.0),
         "coalesced": report["loader"].get("chunks_coalesced", 0),
         "load": t["load"],
+        "cpu_run": child1.ru_utime + child1.ru_stime - child0.ru_utime - child0.ru_stime,
+        "cpu_server": server1 - server0,
+        "cpu_proxy": self1.ru_utime + self1.ru_stime - self0.ru_utime - self0.ru_stime,
     }
 
 
@@ -167,6 +194,7 @@ def main() -> None:
         print(f"made {sizes} in {time.perf_counter() - t0:.0f} s", flush=True)
         # small volumes: SeaweedFS grows 7 at a time and refuses writes unless the disk holds them
         with running_server(root / "weed", volume_size_limit_mb=256) as server:
+            go = functools.partial(run, server_pid=server.pid)
             base = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             os.environ.update(server.environ())
             server.admin_client().create_bucket(Bucket=BUCKET)
@@ -176,7 +204,7 @@ def main() -> None:
             with FaultProxy(server.endpoint) as proxy:
                 env = {**base, **server.environ(proxy.endpoint)}
                 proxy.burst = args.burst_ms / 1e3
-                run(str(paths["raw"]), env, args.budget)  # warm: imports, page cache
+                go(str(paths["raw"]), env, args.budget)  # warm: imports, page cache
 
                 def add(name: str, row: dict[str, Any] | float) -> None:
                     res.setdefault(name, []).append(row if isinstance(row, dict) else {"s": row})
@@ -189,16 +217,16 @@ def main() -> None:
                         proxy.bandwidth = rate * 1e6
                         for kind, url in urls.items():
                             add(f"download {kind} @{rate:g}", download(url, env))
-                            add(f"s3 {kind} @{rate:g}", run(url, env, args.budget))
+                            add(f"s3 {kind} @{rate:g}", go(url, env, args.budget))
                     proxy.bandwidth = None
                     for kind, path in paths.items():
-                        add(f"local {kind}", run(str(path), env, args.budget))
+                        add(f"local {kind}", go(str(path), env, args.budget))
                     proxy.bandwidth = rates[0] * 1e6
                     for kind, url in urls.items():
                         cache = root / f"cache-{kind}"
                         shutil.rmtree(cache, ignore_errors=True)
-                        add(f"cache fill {kind} @{rates[0]:g}", run(url, env, args.budget, cache))
-                        add(f"cache hit {kind}", run(url, env, args.budget, cache))
+                        add(f"cache fill {kind} @{rates[0]:g}", go(url, env, args.budget, cache))
+                        add(f"cache hit {kind}", go(url, env, args.budget, cache))
                     proxy.bandwidth = None
     report(args, rates, res, sizes)
 
@@ -262,6 +290,21 @@ def report(
                 for k in KINDS
             )
             + " | |"
+        )
+        print(
+            f"| @{rate:g} MB/s: CPU s of the run / the server / the proxy (2 cores: 2 s per s) | "
+            + " | ".join(
+                f"{med(s[k], 'cpu_run'):.2f} / {med(s[k], 'cpu_server'):.2f} / "
+                f"{med(s[k], 'cpu_proxy'):.2f} s, {sum(med(s[k], c) for c in CPUS) / med(s[k], 'wall'):.2f} per s"
+                for k in KINDS
+            )
+            + " | |"
+        )
+    for kind in ["local " + k for k in KINDS]:
+        loc = res[kind]
+        print(
+            f"| {kind}: wall; CPU s of the run | {med(loc, 'wall'):.2f} s; "
+            f"{med(loc, 'cpu_run'):.2f} s | | |"
         )
     for kind in KINDS:
         s3 = res[f"s3 {kind} @{rates[0]:g}"]
