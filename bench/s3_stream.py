@@ -20,9 +20,10 @@ hits each alike, measures:
   and the first vision block): streaming, against download-then-load (download the whole
   object to a local file, then open it and take the same chunks).
 
-Stream and download run in alternating order (ABBA), each after the server's data files were
-read through once, untimed: the download-then-load step writes an object-sized local file, which
-at 10 GB evicts the server's pages, so whichever ran next would read them cold.
+Stream and downloads run in alternating order (ABBA), each after the server's data files were
+read through once, dirty pages written back and the machine quiet (:func:`settle`), untimed: the
+download-then-load step writes an object-sized local file, which at 10 GB evicts the server's
+pages and leaves gigabytes to write back, so whichever ran next paid for it.
 
 Prints medians and a Markdown table. Memory stays bounded whatever the size (no object-sized
 buffer); disk: the checkpoint, then the server's copy and one downloaded copy at a time, all in
@@ -54,7 +55,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import warm
+from _measure import wait_quiet, warm
 from s3_server import running_server
 
 from wstream import open_container, pack
@@ -186,6 +187,16 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
+def settle(server_data: Path) -> None:
+    """Before each timed transfer: the server's files read through (in the page cache), dirty
+    pages written back, and the machine quiet. Without the last two, whatever ran first in a
+    round paid for the writeback of the previous round's downloaded copy (3.4 GB): 0.64-0.78x
+    in the rounds the stream ran first against 1.04-1.08x when it ran last."""
+    warm(*(f for f in server_data.rglob("*") if f.is_file()))
+    os.sync()
+    wait_quiet(timeout=60)
+
+
 def stream_first_layer(url: str, layer: list[str], budget: int) -> float:
     t0 = time.perf_counter()
     with open_container(url) as c:
@@ -254,7 +265,7 @@ def main() -> None:
                     rows["first"].append(first_chunk(url, budget))
                     rows["first_head"].append(first_chunk(url, budget, big_head))
                 for what in ("stream", *PARTS)[:: 1 if r % 2 == 0 else -1]:  # ABBA
-                    warm(*(f for f in (root / "weed").rglob("*") if f.is_file()))
+                    settle(root / "weed")
                     if what == "stream":
                         rows["stream"].append(stream_all(url, budget))
                     else:
