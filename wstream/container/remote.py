@@ -70,14 +70,15 @@ class RemoteOptions:
     concurrency: int = 8  # requests in flight for one read
     # A larger range is split (at the object's multiples of it); a coalesced request stays
     # within it. 16 MiB, pack's upload part size: streaming the 2.6's 31.5 MiB chunks from
-    # SeaweedFS took 0.82x the time it did with 8 MiB, 3 pieces a chunk instead of 5.
+    # SeaweedFS took 0.82x the time it did with 8 MiB (one 6-round run), 3 requests a chunk,
+    # not 5.
     part_size: int = 16 * MiB
     max_gap: int = 64 * 1024  # neighbours this close are fetched in one request
     small_chunk: int = 1 * MiB  # the loader fetches chunks up to this size with their neighbours
     # Fetched at open, in parallel: the first bytes (preamble, and a small first chunk: the
     # 2.6's is 1.36 MB) and the last (the manifest, which a container keeps at its end), so
     # opening and the first chunk cost one round trip. Open to the 2.6's first chunk in hand
-    # from SeaweedFS: 25 ms with this head against 32 ms with 256 KiB (S3_STREAM.md).
+    # from SeaweedFS: 25-41 ms with this head against 32-60 ms with 256 KiB (S3_STREAM.md).
     head_bytes: int = 2 * MiB
     tail_bytes: int = 256 * 1024  # 0: no speculative read of the end (S3 only)
     connect_timeout: float = 5.0  # seconds to connect
