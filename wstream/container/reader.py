@@ -156,8 +156,7 @@ class Container(Scoped):
             # Summed by the requests as their bodies arrive, so also no second pass.
             cache = self.cache
             if cache is not None and cache.get_into(self.cache_key(chunk), out):
-                wchunk.check_crc(chunk, out)
-                return
+                return  # a hit is checked against its key's CRC, which is the chunk's
             wchunk.check_crc_value(chunk, self.source.read_crc_into(chunk.offset, out))
             if cache is not None:  # never store bad bytes: checked above
                 cache.put(self.cache_key(chunk), out)

@@ -120,7 +120,7 @@ class Target(NamedTuple):
 
 class Digest:
     """The CRC-32 of a request's target bytes, computed by :func:`scatter` as the body arrives,
-    a few blocks at a time while they are still in cache (no second pass over memory)."""
+    a block at a time while it is still in cache (no second pass over memory)."""
 
     __slots__ = ("value",)
 
@@ -335,8 +335,8 @@ class RemoteSource(ABC):
     def read_crc_into(self, offset: int, given: memoryview) -> int:
         """:meth:`read_into`, returning the CRC-32 of the bytes: each sub-range is summed as its
         body arrives and the sums combined in order, so checking costs no second pass over
-        ``out`` (``bench/s3_stream.py``: the pass after the read cost the stream 13-18 % of its
-        time at ~900 MB/s on 2 cores, the server's included)."""
+        ``out`` (S3_STREAM.md: the pass after the read cost the stream 13-18 % of its time at
+        ~900 MB/s on 2 cores shared with the server)."""
         out = memoryview(given).cast("B")
         head, end = self._serve_fetched(offset, out)
         requests = split(offset + head, out[head:end], self.options.part_size, digests=True)
