@@ -459,3 +459,16 @@ def test_sources_keep_no_aws_state_from_the_environment_beyond_the_standard(
     monkeypatch.setenv("AWS_PROFILE", "missing")
     with pytest.raises(Exception, match="missing"):
         S3Source(blob[0])
+
+
+def test_reads_reuse_their_connections(proxy: FaultProxy, blob: tuple[str, bytes]) -> None:
+    # each body is read to its end and its connection handed back to the pool: 20 reads one
+    # after another need no new connection beyond the open's two
+    url, data = blob
+    with S3Source(url, FAST) as src:
+        opened = proxy.connections
+        out = memoryview(bytearray(100_000))
+        for i in range(20):
+            src.read_into(500_000 + i * 100_000, out)
+            assert bytes(out) == data[500_000 + i * 100_000 : 600_000 + i * 100_000]
+        assert proxy.connections - opened <= 1

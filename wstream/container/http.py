@@ -24,6 +24,7 @@ from wstream.container.remote import (
     RemoteSource,
     Request,
     Retryable,
+    body_reader,
     parse_content_range,
     scatter,
     status_error,
@@ -118,7 +119,7 @@ class HttpSource(RemoteSource):
             self._check_open(what, total, version)
             if (start, end) != (request.start, request.end):
                 raise E.RangeError(f"{what}: server answered bytes {start}-{end - 1}")
-            scatter(request, resp.readinto, self._closed, what)
+            scatter(request, body_reader(resp), self._closed, what)
             complete = True
         except HTTPError as exc:
             raise _transport_error(exc) from None

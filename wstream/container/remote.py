@@ -22,6 +22,7 @@ Closing stops retries, fails queued work, and joins every thread.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import mmap
 import random
@@ -31,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from wstream import errors as E
 from wstream.format.crc import crc32, crc32_combine
@@ -226,6 +227,34 @@ def scatter(
         pos += got
     if digest is not None:
         digest.value = crc
+
+
+def body_reader(response: Any) -> Callable[[memoryview], int]:
+    """``readinto`` for a urllib3 response's body (botocore's is under its StreamingBody) that
+    lands the bytes straight in the caller's buffer.
+
+    urllib3 2's own ``readinto`` reads into a new bytes object and copies that: every byte
+    copied twice and an allocation per read. Reading from the http.client response under it,
+    the socket fills the buffer. Measured from SeaweedFS here (S3_STREAM.md): a download took
+    3.22 s against 3.68 s, the stream 3.91 s against 4.64 s. The reader's failures become
+    Retryable, as the client's own would. Where the layout is not the known one, or the body is
+    content-encoded (urllib3 would decode it), the response's own ``readinto`` is used. The
+    caller returns the connection (``release_conn``) once the body is read."""
+    fp = getattr(response, "_fp", None)
+    if not isinstance(fp, http.client.HTTPResponse) or response.headers.get("Content-Encoding"):
+        return response.readinto  # type: ignore[no-any-return]
+
+    def readinto(view: memoryview) -> int:
+        try:
+            return fp.readinto(view)
+        except TimeoutError as exc:  # the socket's read timeout: a stalled body
+            raise Retryable(E.RemoteTimeout, f"timed out ({exc})") from None
+        except http.client.IncompleteRead as exc:
+            raise Retryable(E.ShortBody, f"body broke off ({exc!r})") from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # reset, or closed
+            raise Retryable(E.RemoteUnavailable, f"connection failed ({exc})") from None
+
+    return readinto
 
 
 def _read_some(

@@ -40,6 +40,7 @@ from wstream.container.remote import (
     RemoteSource,
     Request,
     Retryable,
+    body_reader,
     parse_content_range,
     scatter,
     status_error,
@@ -266,8 +267,10 @@ class S3Source(RemoteSource):
                 raise E.RangeError(f"{what}: server answered bytes {start}-{end - 1}")
             if int(resp["ContentLength"]) != end - start:
                 raise Retryable(E.ShortBody, f"Content-Length {resp['ContentLength']}")
-            scatter(request, body.readinto, self._closed, what)
+            raw = body._raw_stream  # the urllib3 response under botocore's StreamingBody
+            scatter(request, body_reader(raw), self._closed, what)
             complete = True
+            raw.release_conn()  # read to its end: the connection goes back to the pool
         except (E.WStreamError, Retryable):
             raise
         except Exception as exc:
