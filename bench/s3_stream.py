@@ -221,7 +221,7 @@ def main() -> None:
         f"option is {RemoteOptions().head_bytes // 1024})",
     )
     args = ap.parse_args()
-    big_head = RemoteOptions(head_bytes=args.head_kib * 1024)
+    other_head = RemoteOptions(head_bytes=args.head_kib * 1024)
     budget = args.budget_mb * MiB
     url = f"s3://{BUCKET}/{KEY}"
     # Everything (checkpoint, the server's data, the downloaded copy) lives in the temporary
@@ -261,9 +261,9 @@ def main() -> None:
             }
             first_chunk(url, budget)  # warm: session, service model, server caches
             for r in range(args.rounds):
-                for _ in range(args.opens):  # interleaved: the default head, then a larger one
+                for _ in range(args.opens):  # interleaved: the default head, then the other
                     rows["first"].append(first_chunk(url, budget))
-                    rows["first_head"].append(first_chunk(url, budget, big_head))
+                    rows["first_head"].append(first_chunk(url, budget, other_head))
                 for what in ("stream", *PARTS)[:: 1 if r % 2 == 0 else -1]:  # ABBA
                     settle(root / "weed")
                     if what == "stream":

@@ -132,9 +132,17 @@ class Container(Scoped):
         key = self.cache_key(chunk)
         if self.cache.get_into(key, out):
             return
-        self.source.read_into(chunk.offset, out)
-        wchunk.check_crc(chunk, out)  # never store bad bytes (put checks again, cheaply)
+        self._read_checked_from_source(chunk, out)  # never store bad bytes
         self.cache.put(key, out)
+
+    def _read_checked_from_source(self, chunk: ChunkEntry, out: memoryview) -> None:
+        """Read the chunk from the source and check its CRC. A remote source sums it as the
+        bytes arrive (:meth:`RemoteSource.read_crc_into`), so checking costs no second pass."""
+        if isinstance(self.source, RemoteSource):
+            wchunk.check_crc_value(chunk, self.source.read_crc_into(chunk.offset, out))
+        else:
+            self.source.read_into(chunk.offset, out)
+            wchunk.check_crc(chunk, out)
 
     def coalescing(self) -> Coalescing | None:
         """How neighbouring small chunks may share one request, when the source is remote
@@ -152,18 +160,11 @@ class Container(Scoped):
         it is read, while it is still in cache, so the check costs no second pass over memory
         (a 134 MB read and check measured 0.056 s in 1 MiB pieces against 0.079 s whole, 2
         cores; remote: :meth:`RemoteSource.read_crc_into`)."""
-        if isinstance(self.source, RemoteSource):
-            # Summed by the requests as their bodies arrive, so also no second pass.
-            cache = self.cache
-            if cache is not None and cache.get_into(self.cache_key(chunk), out):
-                return  # a hit is checked against its key's CRC, which is the chunk's
-            wchunk.check_crc_value(chunk, self.source.read_crc_into(chunk.offset, out))
-            if cache is not None:  # never store bad bytes: checked above
-                cache.put(self.cache_key(chunk), out)
-            return
-        if not isinstance(self.source, LocalFile):  # any other source: read, then check
-            self.read_stored_into(chunk, out)
-            wchunk.check_crc(chunk, out)
+        if not isinstance(self.source, LocalFile):
+            if self.cache is not None:  # checked: a hit against its key's CRC, a miss as read
+                self.read_stored_into(chunk, out)
+            else:
+                self._read_checked_from_source(chunk, out)
             return
         view = out.cast("B") if out.format != "B" or out.ndim != 1 else out
         crc = 0

@@ -267,10 +267,11 @@ class S3Source(RemoteSource):
                 raise E.RangeError(f"{what}: server answered bytes {start}-{end - 1}")
             if int(resp["ContentLength"]) != end - start:
                 raise Retryable(E.ShortBody, f"Content-Length {resp['ContentLength']}")
-            raw = body._raw_stream  # the urllib3 response under botocore's StreamingBody
-            scatter(request, body_reader(raw), self._closed, what)
+            raw = getattr(body, "_raw_stream", None)  # urllib3's, under botocore's body
+            scatter(request, body.readinto if raw is None else body_reader(raw), self._closed, what)
             complete = True
-            raw.release_conn()  # read to its end: the connection goes back to the pool
+            if raw is not None:
+                raw.release_conn()  # read to its end: the connection goes back to the pool
         except (E.WStreamError, Retryable):
             raise
         except Exception as exc:
